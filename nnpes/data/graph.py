@@ -1,0 +1,167 @@
+"""Frames → padded ``jraph.GraphsTuple`` batches with static, bucketed shapes.
+
+A graph stores topology and labels only; edge vectors are recomputed inside ``jit`` from
+positions, integer cell shifts and the cell, so that forces and stress are derivatives of the
+energy. Padding follows jraph's convention: one extra graph holds every padding node, padding
+edges join padding nodes, so padding can never touch a real atom.
+
+Layout (host numpy arrays):
+    nodes:   positions (N, 3) Å, species (N,) int32, forces (N, 3) eV/Å
+    edges:   shifts (E, 3) int32
+    globals: cell (G, 3, 3) Å, energy (G,) eV, stress (G, 3, 3) eV/Å³,
+             has_energy / has_forces / has_stress (G,) float 0/1 label masks
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jraph
+import numpy as np
+
+from nnpes.data.io import Frame
+from nnpes.data.neighbors import neighbor_list
+from nnpes.errors import ModelError, where
+
+try:
+    from ase.data import chemical_symbols
+except ImportError:  # pragma: no cover - ase is a dependency
+    chemical_symbols = [str(z) for z in range(119)]
+
+
+def species_indices(numbers: np.ndarray, atomic_numbers: Sequence[int], at: str = "<structure>") -> np.ndarray:
+    """Atomic numbers → internal species indices; an unknown element raises a one-line error."""
+    table = np.full(119, -1, np.int32)
+    table[np.asarray(atomic_numbers)] = np.arange(len(atomic_numbers), dtype=np.int32)
+    idx = table[np.asarray(numbers)]
+    if np.any(idx < 0):
+        unknown = sorted(set(np.asarray(numbers)[idx < 0].tolist()))
+        names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+        known = ", ".join(chemical_symbols[z] for z in atomic_numbers)
+        raise ModelError(f"{at}: element {names} is not known to this model (it knows {known})")
+    return idx
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameGraph:
+    """One frame with its neighbour list, ready to batch (host arrays)."""
+
+    positions: np.ndarray
+    species: np.ndarray
+    cell: np.ndarray
+    senders: np.ndarray
+    receivers: np.ndarray
+    shifts: np.ndarray
+    energy: float | None = None
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    numbers: np.ndarray | None = None
+
+    @property
+    def n_node(self) -> int:
+        return len(self.species)
+
+    @property
+    def n_edge(self) -> int:
+        return len(self.senders)
+
+
+def frame_to_graph(frame: Frame, cutoff: float, atomic_numbers: Sequence[int]) -> FrameGraph:
+    """Species indices and the neighbour list (cutoff in Å) of one frame."""
+    species = species_indices(frame.numbers, atomic_numbers, where(frame.source, frame.index))
+    nl = neighbor_list(frame.positions, frame.cell, frame.pbc, cutoff)
+    cell = frame.cell if frame.periodic else np.zeros((3, 3))
+    return FrameGraph(frame.positions, species, cell, nl.senders, nl.receivers, nl.shifts,
+                      frame.energy, frame.forces, frame.stress, frame.numbers)
+
+
+def bucket(n: int, minimum: int = 8) -> int:
+    """Smallest size ≥ n of the form m·2^k, m ∈ {8, 10, 12, 14}: at most 25 % padding and a
+    handful of distinct shapes (one compilation each) across a dataset."""
+    n = max(int(n), minimum)
+    k = max(0, math.floor(math.log2(n / 8)))
+    while True:
+        for m in (8, 10, 12, 14, 16):
+            if m * 2**k >= n:
+                return m * 2**k
+        k += 1
+
+
+def pad_sizes(graphs: Sequence[FrameGraph], n_graph: int | None = None) -> tuple[int, int, int]:
+    """Bucketed (n_node, n_edge, n_graph) for a batch: one padding graph and node always added."""
+    n_node = bucket(sum(g.n_node for g in graphs) + 1)
+    n_edge = bucket(sum(g.n_edge for g in graphs))
+    return n_node, n_edge, (n_graph if n_graph is not None else len(graphs)) + 1
+
+
+def batch_graphs(
+    graphs: Sequence[FrameGraph],
+    n_node: int | None = None,
+    n_edge: int | None = None,
+    n_graph: int | None = None,
+    dtype=np.float32,
+) -> jraph.GraphsTuple:
+    """Concatenate frames into one padded GraphsTuple (numpy, ready for ``jit``).
+
+    Args:
+        graphs: the frames.
+        n_node, n_edge, n_graph: padded totals (padding graph included); bucketed defaults from
+            :func:`pad_sizes`. n_node must exceed the real node count and n_graph the real graph count.
+        dtype: float dtype of positions, cell and labels.
+    """
+    auto = pad_sizes(graphs)
+    n_node = auto[0] if n_node is None else n_node
+    n_edge = auto[1] if n_edge is None else n_edge
+    n_graph = auto[2] if n_graph is None else n_graph
+    real_nodes = sum(g.n_node for g in graphs)
+    real_edges = sum(g.n_edge for g in graphs)
+    if n_node <= real_nodes or n_edge < real_edges or n_graph <= len(graphs):
+        raise ValueError(f"padding too small: nodes {real_nodes}/{n_node}, edges {real_edges}/{n_edge}, "
+                         f"graphs {len(graphs)}/{n_graph}")
+
+    positions = np.zeros((n_node, 3), dtype)
+    forces = np.zeros((n_node, 3), dtype)
+    species = np.zeros(n_node, np.int32)
+    senders = np.full(n_edge, n_node - 1, np.int32)  # padding edges: last (padding) node to itself
+    receivers = np.full(n_edge, n_node - 1, np.int32)
+    shifts = np.zeros((n_edge, 3), np.int32)
+    cell = np.zeros((n_graph, 3, 3), dtype)
+    energy = np.zeros(n_graph, dtype)
+    stress = np.zeros((n_graph, 3, 3), dtype)
+    has = {k: np.zeros(n_graph, dtype) for k in ("energy", "forces", "stress")}
+    n_node_arr = np.zeros(n_graph, np.int32)
+    n_edge_arr = np.zeros(n_graph, np.int32)
+
+    node0 = edge0 = 0
+    for gi, g in enumerate(graphs):
+        ns, es = slice(node0, node0 + g.n_node), slice(edge0, edge0 + g.n_edge)
+        positions[ns] = g.positions
+        species[ns] = g.species
+        senders[es] = g.senders + node0
+        receivers[es] = g.receivers + node0
+        shifts[es] = g.shifts
+        cell[gi] = g.cell
+        if g.energy is not None:
+            energy[gi], has["energy"][gi] = g.energy, 1
+        if g.forces is not None:
+            forces[ns], has["forces"][gi] = g.forces, 1
+        if g.stress is not None:
+            stress[gi], has["stress"][gi] = g.stress, 1
+        n_node_arr[gi], n_edge_arr[gi] = g.n_node, g.n_edge
+        node0 += g.n_node
+        edge0 += g.n_edge
+    n_node_arr[-1] = n_node - node0  # the last graph pads: it takes every remaining node and edge
+    n_edge_arr[-1] = n_edge - edge0
+
+    return jraph.GraphsTuple(
+        nodes={"positions": positions, "species": species, "forces": forces},
+        edges={"shifts": shifts},
+        senders=senders,
+        receivers=receivers,
+        globals={"cell": cell, "energy": energy, "stress": stress,
+                 **{f"has_{k}": v for k, v in has.items()}},
+        n_node=n_node_arr,
+        n_edge=n_edge_arr,
+    )

@@ -1,0 +1,27 @@
+"""Errors users see: one line that names the file, frame or key and what is wrong."""
+
+from __future__ import annotations
+
+
+class NnpesError(Exception):
+    """Base class of every error nnpes raises on purpose (the CLI prints these as one line)."""
+
+
+class DataError(NnpesError, ValueError):
+    """A data file or frame is unusable (missing label, NaN, bad shape, overlapping atoms...)."""
+
+
+class ConfigError(NnpesError, ValueError):
+    """A configuration key is unknown, has the wrong type or an impossible value."""
+
+
+class ModelError(NnpesError, ValueError):
+    """A model directory or a structure does not fit the model (unknown element, bad format)."""
+
+
+def where(source: str | None, index: int | None) -> str:
+    """Prefix naming the file and frame an error is about."""
+    parts = [source or "<in memory>"]
+    if index is not None:
+        parts.append(f"frame {index}")
+    return ": ".join(parts)

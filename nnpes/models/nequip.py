@@ -1,0 +1,135 @@
+"""NequIP-style E(3)-equivariant message passing (Batzner et al. 2022) with e3nn-jax.
+
+Maps edge vectors of a padded graph to one scalar per atom. The network knows nothing of
+forces, stress, padding graphs or reference energies: `nnpes.physics` does that.
+"""
+
+from __future__ import annotations
+
+import e3nn_jax as e3nn
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nnpes.models.radial import bessel_basis, polynomial_envelope
+
+
+def hidden_irreps_for(channels: int, l_max: int, parity: bool) -> e3nn.Irreps:
+    """`channels` copies of every irrep up to `l_max`; both parities when `parity` (full O(3)),
+    else only the natural ones (0e, 1o, 2e, …)."""
+    irreps = []
+    for l in range(l_max + 1):
+        natural = "e" if l % 2 == 0 else "o"
+        irreps.append(f"{channels}x{l}{natural}")
+        if parity:
+            irreps.append(f"{channels}x{l}{'o' if natural == 'e' else 'e'}")
+    return e3nn.Irreps("+".join(irreps))
+
+
+class RadialMLP(nn.Module):
+    """Distances → per-edge weights: Bessel basis × envelope → MLP (SiLU)."""
+
+    features: tuple[int, ...]
+    num_out: int
+
+    @nn.compact
+    def __call__(self, basis: jnp.ndarray) -> jnp.ndarray:
+        x = basis
+        for f in self.features:
+            x = jax.nn.silu(nn.Dense(f, use_bias=False)(x))
+        return nn.Dense(self.num_out, use_bias=False)(x)
+
+
+class Interaction(nn.Module):
+    """One convolution: tensor product of neighbour features with Y_l(r̂), weighted by a radial
+    MLP, summed over neighbours and normalised by the average neighbour count, then a gated
+    non-linearity and a species-dependent self-interaction added as a residual."""
+
+    target_irreps: e3nn.Irreps
+    avg_num_neighbors: float
+    num_species: int
+    radial_features: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x, species, sh, radial, edge_mask, senders, receivers):
+        target = e3nn.Irreps(self.target_irreps)
+        scalars = target.filter(keep=["0e", "0o"])
+        nonscalars = target.filter(drop=["0e", "0o"])
+        gates = e3nn.Irreps(f"{nonscalars.num_irreps}x0e") if nonscalars.num_irreps else e3nn.Irreps("")
+        gate_in = scalars + gates + nonscalars  # order matters for e3nn.gate: gates right of scalars
+
+        self_connection = e3nn.flax.Linear(target, num_indexed_weights=self.num_species, force_irreps_out=True, name="self_connection")(
+            species, x
+        )
+        h = e3nn.flax.Linear(x.irreps, name="linear_up")(x)
+        messages = e3nn.tensor_product(h[senders], sh, filter_ir_out=gate_in.regroup())
+        weights = RadialMLP(self.radial_features, messages.irreps.num_irreps, name="radial")(radial)
+        messages = messages * (weights * edge_mask[:, None].astype(weights.dtype))
+        agg = e3nn.scatter_sum(messages, dst=receivers, output_size=x.shape[0])
+        agg = agg / jnp.sqrt(self.avg_num_neighbors).astype(agg.dtype)
+        y = e3nn.flax.Linear(gate_in, force_irreps_out=True, name="linear_down")(agg)
+        y = e3nn.gate(y, even_act=jax.nn.silu, odd_act=jnp.tanh, even_gate_act=jax.nn.silu, odd_gate_act=jnp.tanh)
+        return y + self_connection
+
+
+class NequIP(nn.Module):
+    """E(3)-equivariant interatomic potential (NequIP-like); outputs site energies.
+
+    Hyper-parameters:
+        channels: multiplicity of every hidden irrep.
+        l_max: highest spherical-harmonic degree (edges and features).
+        parity: keep both parities of every l (full O(3)); False keeps only 0e, 1o, 2e, …
+        num_layers: interaction blocks.
+        num_basis: Bessel functions in the radial basis.
+        radial_features: hidden widths of the radial MLP.
+        envelope_p: order of the polynomial cutoff envelope.
+        readout_features: hidden width of the site-energy readout.
+        hidden_irreps: explicit hidden irreps (e.g. "32x0e+32x1o+32x1e"), overriding channels/l_max/parity.
+    Filled in by :meth:`nnpes.Potential.create` (do not set by hand):
+        cutoff (Å), num_species, avg_num_neighbors (of the training data).
+
+    Call: ``model.apply(params, vectors, species, senders, receivers, edge_mask)`` with
+    vectors (E, 3) in Å (padding and out-of-range edges already replaced by a safe vector and
+    flagged False in edge_mask), species (N,) int indices, senders/receivers (E,) int.
+    Returns (N,) dimensionless site outputs (`Potential` scales them to eV).
+    """
+
+    channels: int = 32
+    l_max: int = 2
+    parity: bool = True
+    num_layers: int = 3
+    num_basis: int = 8
+    radial_features: tuple[int, ...] = (64, 64)
+    envelope_p: int = 6
+    readout_features: int = 16
+    hidden_irreps: str | None = None
+    cutoff: float = 5.0
+    num_species: int = 1
+    avg_num_neighbors: float = 1.0
+
+    @nn.compact
+    def __call__(self, vectors, species, senders, receivers, edge_mask):
+        hidden = e3nn.Irreps(self.hidden_irreps) if self.hidden_irreps else hidden_irreps_for(
+            self.channels, self.l_max, self.parity
+        )
+        l_sh = min(self.l_max, hidden.lmax) if self.hidden_irreps is None else hidden.lmax
+        sh_irreps = e3nn.Irreps.spherical_harmonics(l_sh, p=-1)
+        lengths = jnp.linalg.norm(vectors, axis=-1)
+        sh = e3nn.spherical_harmonics(sh_irreps, vectors, normalize=True, normalization="component")
+        radial = bessel_basis(lengths, self.cutoff, self.num_basis)
+        radial = radial * polynomial_envelope(lengths, self.cutoff, self.envelope_p)[:, None]
+
+        one_hot = jax.nn.one_hot(species, self.num_species, dtype=vectors.dtype)
+        x = e3nn.IrrepsArray(f"{self.num_species}x0e", one_hot)
+        x = e3nn.flax.Linear(hidden.filter(keep=["0e"]), name="embedding")(x)
+        for i in range(self.num_layers):
+            last = i == self.num_layers - 1
+            # the last block only needs the scalars the readout reads
+            target = hidden.filter(keep=["0e"]) if last else hidden
+            x = Interaction(target, self.avg_num_neighbors, self.num_species, self.radial_features, name=f"layer_{i}")(
+                x, species, sh, radial, edge_mask, senders, receivers
+            )
+        x = e3nn.flax.Linear(f"{self.readout_features}x0e", name="readout_hidden")(x.filter(keep=["0e"]))
+        x = e3nn.IrrepsArray(x.irreps, jax.nn.silu(x.array))
+        x = e3nn.flax.Linear("0e", name="readout")(x)
+        return x.array[:, 0]
