@@ -49,6 +49,16 @@ def safe_edges(vectors: jnp.ndarray, edge_mask: jnp.ndarray, cutoff: float):
     return jnp.where(mask[:, None], vectors, dummy), mask
 
 
+def site_energies_from_vectors(potential: "Potential", vectors, species, senders, receivers, edge_mask):
+    """(interaction, reference) site energies, eV, each (N,), from raw edge vectors r_ij (E, 3) Å.
+
+    Edges that are padding (edge_mask False) or beyond the cutoff are masked here, so callers
+    (:func:`total_energy`, the jax-md adaptor) may pass any superset of the true pairs.
+    """
+    vectors, edge_mask = safe_edges(vectors, edge_mask, potential.cutoff)
+    return potential.site_energies(potential.params, vectors, species, senders, receivers, edge_mask)
+
+
 def total_energy(potential: "Potential", positions, cell, graph: jraph.GraphsTuple, strain=None):
     """Per-graph energies (eV) of a padded graph at the given positions (Å) and cell (Å).
 
@@ -70,11 +80,8 @@ def total_energy(potential: "Potential", positions, cell, graph: jraph.GraphsTup
     if strain is not None:
         edge_graph = graph_index(graph.n_edge, vectors.shape[0])
         vectors = vectors + jnp.einsum("ei,eij->ej", vectors, strain[edge_graph])
-    vectors, edge_mask = safe_edges(vectors, edge_mask, potential.cutoff)
-
-    species = graph.nodes["species"]
-    interaction, reference = potential.site_energies(potential.params, vectors, species, graph.senders,
-                                                     graph.receivers, edge_mask)
+    interaction, reference = site_energies_from_vectors(potential, vectors, graph.nodes["species"], graph.senders,
+                                                        graph.receivers, edge_mask)
     interaction = jnp.where(node_mask, interaction, 0.0)
     reference = jnp.where(node_mask, reference, 0.0)
     e_int = jax.ops.segment_sum(interaction, node_graph, n_graph)

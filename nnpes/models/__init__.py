@@ -2,11 +2,15 @@
 edge_mask) of a padded graph to one dimensionless output per atom, with the fields
 ``cutoff``, ``num_species`` and ``avg_num_neighbors`` that :class:`nnpes.Potential` fills in."""
 
+from nnpes.models.behler_parrinello import BehlerParrinello, fit_standardization
+from nnpes.models.deepsets import DeepSets
 from nnpes.models.nequip import NequIP
 
 # The one mapping from a family name (config key ``model.family``, saved models) to its module.
 FAMILIES = {
     "nequip": NequIP,
+    "behler_parrinello": BehlerParrinello,
+    "deepsets": DeepSets,
 }
 
 
@@ -18,4 +22,4 @@ def family_name(model) -> str:
     raise KeyError(f"model class {type(model).__name__} is not registered in nnpes.models.FAMILIES")
 
 
-__all__ = ["FAMILIES", "NequIP", "family_name"]
+__all__ = ["FAMILIES", "BehlerParrinello", "DeepSets", "NequIP", "family_name", "fit_standardization"]

@@ -1,0 +1,5 @@
+import sys
+
+from nnpes.cli import main
+
+sys.exit(main())

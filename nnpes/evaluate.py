@@ -1,0 +1,95 @@
+"""Predictions and error metrics over labelled frames (training validation and `nnpes evaluate`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from nnpes.data.graph import FrameGraph, batch_graphs, bucket, frame_to_graph
+from nnpes.data.io import Frame
+from nnpes.physics import evaluate
+from nnpes.potential import Potential
+
+
+def predict_graphs(potential: Potential, graphs: Sequence[FrameGraph], batch_size: int = 16,
+                   compute_stress: bool | None = None) -> list[dict]:
+    """Energy (eV, float64 total), forces (eV/Å) and stress (eV/Å³, periodic frames) per frame.
+
+    All batches of a call share one padded shape, so a set compiles once.
+    """
+    if not graphs:
+        return []
+    if compute_stress is None:
+        compute_stress = any(np.abs(np.linalg.det(g.cell)) > 1e-6 for g in graphs)
+    dtype = potential.dtype
+    chunks = [graphs[i:i + batch_size] for i in range(0, len(graphs), batch_size)]
+    n_node = bucket(max(sum(g.n_node for g in c) for c in chunks) + 1)
+    n_edge = bucket(max(sum(g.n_edge for g in c) for c in chunks))
+    out = []
+    for chunk in chunks:
+        batch = batch_graphs(chunk, n_node, n_edge, batch_size + 1, dtype=dtype)
+        pred = jax.device_get(evaluate(potential, batch, compute_stress=compute_stress))
+        node0 = 0
+        for i, g in enumerate(chunk):
+            reference = potential.reference_energy(g.numbers) if g.numbers is not None else 0.0
+            item = {
+                "energy": float(np.float64(pred["interaction_energy"][i])) + reference,
+                "forces": np.asarray(pred["forces"][node0:node0 + g.n_node], np.float64),
+            }
+            if compute_stress:
+                item["stress"] = np.asarray(pred["stress"][i], np.float64)
+            out.append(item)
+            node0 += g.n_node
+    return out
+
+
+def error_metrics(frames: Sequence[Frame], predictions: Sequence[dict]) -> dict:
+    """MAE/RMSE of energy (meV per structure and per atom), force components (meV/Å) and stress
+    components (meV/Å³); None for a label no frame carries."""
+    def stats(errors):
+        if not errors:
+            return None, None
+        e = np.concatenate([np.ravel(x) for x in errors])
+        return float(np.mean(np.abs(e))) * 1e3, float(np.sqrt(np.mean(e**2))) * 1e3
+
+    de, de_atom, df, ds = [], [], [], []
+    for f, p in zip(frames, predictions):
+        if f.energy is not None:
+            de.append(np.array([p["energy"] - f.energy]))
+            de_atom.append(de[-1] / f.n_atoms)
+        if f.forces is not None:
+            df.append(p["forces"] - f.forces)
+        if f.stress is not None and "stress" in p:
+            ds.append(p["stress"] - f.stress)
+    e_mae, e_rmse = stats(de)
+    ea_mae, ea_rmse = stats(de_atom)
+    f_mae, f_rmse = stats(df)
+    s_mae, s_rmse = stats(ds)
+    return {
+        "frames": len(frames),
+        "atoms": int(sum(f.n_atoms for f in frames)),
+        "energy_mae_mev": e_mae, "energy_rmse_mev": e_rmse,
+        "energy_mae_mev_per_atom": ea_mae, "energy_rmse_mev_per_atom": ea_rmse,
+        "forces_mae_mev_per_a": f_mae, "forces_rmse_mev_per_a": f_rmse,
+        "stress_mae_mev_per_a3": s_mae, "stress_rmse_mev_per_a3": s_rmse,
+    }
+
+
+def evaluate_frames(potential: Potential, frames: Sequence[Frame], batch_size: int = 16) -> tuple[dict, list[dict]]:
+    """Metrics (see :func:`error_metrics`) and per-frame predictions of a potential on frames."""
+    graphs = [frame_to_graph(f, potential.cutoff, potential.atomic_numbers) for f in frames]
+    preds = predict_graphs(potential, graphs, batch_size)
+    return error_metrics(frames, preds), preds
+
+
+def validation_loss(metrics: dict, weights: dict) -> float:
+    """Weighted MSE in eV units (energy per atom, forces, stress) from metrics in meV."""
+    total = 0.0
+    for name, key in (("energy", "energy_rmse_mev_per_atom"), ("forces", "forces_rmse_mev_per_a"),
+                      ("stress", "stress_rmse_mev_per_a3")):
+        if weights.get(name) and metrics.get(key) is not None:
+            total += weights[name] * (metrics[key] * 1e-3) ** 2
+    return total if math.isfinite(total) else float("inf")

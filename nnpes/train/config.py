@@ -1,0 +1,281 @@
+"""Typed, frozen training configuration validated from YAML.
+
+Unknown keys, wrong types and impossible values are refused with one line naming the key.
+Model hyper-parameters are not copied here by hand: each family's schema is generated from
+its flax module's fields (``nnpes.models.FAMILIES``), so the config always matches the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from nnpes.errors import ConfigError
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+# Filled in from data by Potential.create; never set by users.
+_MODEL_INTERNAL = ("cutoff", "num_species", "avg_num_neighbors", "parent", "name")
+
+
+class DataConfig(BaseModel):
+    """Where the labelled frames are and which keys hold the labels."""
+
+    model_config = _STRICT
+    train: str | list[str]
+    validation: str | list[str] | None = None
+    test: str | list[str] | None = None
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    max_train_frames: int | None = Field(None, gt=0)
+    isolated_atoms: str | None = None
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    stress_key: str = "stress"
+    virial_key: str = "virial"
+
+
+class LossConfig(BaseModel):
+    """Loss = w_E·⟨(ΔE/N)²⟩ + w_F·⟨ΔF²⟩ + w_σ·⟨Δσ²⟩ (eV/atom, eV/Å, eV/Å³), or Huber of the same."""
+
+    model_config = _STRICT
+    energy_weight: float = Field(10.0, ge=0.0)
+    forces_weight: float = Field(1.0, ge=0.0)
+    stress_weight: float = Field(0.0, ge=0.0)
+    kind: Literal["mse", "huber"] = "mse"
+    huber_delta: float = Field(0.01, gt=0.0)
+
+
+class OptimizerConfig(BaseModel):
+    """optax optimiser and learning-rate schedule."""
+
+    model_config = _STRICT
+    name: Literal["adam", "adamw", "amsgrad"] = "adam"
+    learning_rate: float = Field(5e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine", "plateau"] = "cosine"
+    min_learning_rate_factor: float = Field(0.01, ge=0.0, le=1.0)
+    plateau_patience_epochs: int = Field(10, ge=1)
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    grad_clip: float | None = Field(10.0, gt=0.0)
+    ema_decay: float | None = Field(0.99, ge=0.0, lt=1.0)
+
+
+class TrainingConfig(BaseModel):
+    """Batching, budgets (steps, epochs, wall clock), validation, early stopping, checkpoints."""
+
+    model_config = _STRICT
+    batch_size: int = Field(8, ge=1)
+    max_epochs: int = Field(1000, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    time_budget_s: float | None = Field(None, gt=0.0)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    checkpoint_every_steps: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    tensorboard: bool = False
+    progress: bool = True
+
+
+def _model_schema(family: str, cls) -> type[BaseModel]:
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {
+        "family": (Literal[family], ...),
+        "cutoff": (float, Field(5.0, gt=0.0, description="Å")),
+    }
+    for f in dataclasses.fields(cls):
+        if f.name in _MODEL_INTERNAL:
+            continue
+        fields[f.name] = (hints[f.name], f.default)
+    return create_model(f"{cls.__name__}Config", __config__=_STRICT, **fields)
+
+
+def _model_union():
+    from nnpes.models import FAMILIES
+
+    schemas = tuple(_model_schema(name, cls) for name, cls in FAMILIES.items())
+    if len(schemas) == 1:
+        return schemas[0]
+    return Annotated[Union[schemas], Field(discriminator="family")]  # noqa: UP007
+
+
+ModelConfig = _model_union()
+
+
+class Config(BaseModel):
+    """The whole run: ``nnpes train CONFIG [key.sub=value ...] [--workdir DIR]``."""
+
+    model_config = _STRICT
+    workdir: str = "runs/default"
+    seed: int = 0
+    dtype: Literal["float32", "float64"] = "float32"
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(family="nequip"))  # type: ignore[call-arg]
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    training: TrainingConfig = TrainingConfig()
+
+    @field_validator("workdir")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    def build_model(self):
+        """The flax module this config describes (hyper-parameters only)."""
+        from nnpes.models import FAMILIES
+
+        kwargs = self.model.model_dump(exclude={"family", "cutoff"})
+        return FAMILIES[self.model.family](**kwargs)
+
+
+# Keys that may change when a run resumes (only budgets).
+RESUMABLE_CHANGES = ("training.max_steps", "training.max_epochs", "training.time_budget_s", "training.progress",
+                     "workdir")
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    tags = _family_tags()
+    loc = [str(p) for p in e["loc"]]
+    family = next((p for p in loc if p in tags), None)
+    key = ".".join(p for p in loc if p not in tags)
+    kind = e["type"]
+    if kind == "extra_forbidden":
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        allowed = _allowed_keys(parent, family)
+        return f"{source}: unknown key '{key}'" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    if kind == "missing":
+        return f"{source}: missing required key '{key}'"
+    if kind in ("literal_error", "union_tag_invalid", "union_tag_not_found"):
+        ctx = e.get("ctx", {})
+        expected = ctx.get("expected") or ctx.get("expected_tags") or sorted(tags)
+        return f"{source}: key '{key}' has value {e.get('input')!r}; allowed values: {expected}"
+    return f"{source}: key '{key}': {e['msg']} (got {e.get('input')!r})"
+
+
+def _family_tags() -> set[str]:
+    from nnpes.models import FAMILIES
+
+    return set(FAMILIES)
+
+
+def _allowed_keys(parent: str, family: str | None) -> list[str]:
+    """Field names allowed under a dotted section ('' = top level)."""
+    from nnpes.models import FAMILIES
+
+    if parent == "model":
+        cls = FAMILIES.get(family or "nequip")
+        return sorted(_model_schema(family or "nequip", cls).model_fields) if cls else []
+    node: Any = Config
+    for part in [p for p in parent.split(".") if p]:
+        field = node.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        node = field.annotation
+    return sorted(node.model_fields)
+
+
+def _set_override(tree: dict, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        if not isinstance(node.get(p, {}), dict):
+            raise ConfigError(f"{source}: override '{dotted}': '{p}' is not a section")
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["a.b=1", "c=x"]`` → [("a.b", 1), ("c", "x")], values parsed as YAML scalars."""
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                raw: dict | None = None, workdir: str | None = None) -> Config:
+    """Read and validate a YAML config (or a dict), apply ``key.sub=value`` overrides and
+    ``--workdir`` (which wins over the file). Relative data paths are resolved against the
+    current directory first, then the config file's directory. Raises ConfigError (one line)."""
+    source = os.fspath(path) if path is not None else "<config>"
+    if raw is None:
+        if not os.path.isfile(source):
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            with open(source) as f:
+                raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of keys")
+    raw = _deepcopy(raw)
+    for key, value in parse_overrides(overrides or []):
+        _set_override(raw, key, value, source)
+    if workdir is not None:
+        raw["workdir"] = workdir
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from None
+    return _resolve_paths(config, os.path.dirname(os.path.abspath(source)) if path is not None else os.getcwd())
+
+
+def _deepcopy(x):
+    if isinstance(x, dict):
+        return {k: _deepcopy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deepcopy(v) for v in x]
+    return x
+
+
+def _resolve_paths(config: Config, base: str) -> Config:
+    def resolve(p):
+        if p is None:
+            return None
+        if isinstance(p, list):
+            return [resolve(q) for q in p]
+        if p.startswith("package:"):
+            from importlib import resources
+
+            return str(resources.files("nnpes.data") / "files" / p.split(":", 1)[1])
+        if os.path.isabs(p) or os.path.exists(p):
+            return os.path.abspath(p)
+        candidate = os.path.join(base, p)
+        return os.path.abspath(candidate) if os.path.exists(candidate) else p
+
+    d = config.data
+    data = d.model_copy(update={k: resolve(getattr(d, k)) for k in ("train", "validation", "test", "isolated_atoms")})
+    for key in ("train", "validation", "test", "isolated_atoms"):
+        paths = getattr(data, key)
+        for p in [paths] if isinstance(paths, str) else (paths or []):
+            if not os.path.isfile(p):
+                raise ConfigError(f"data.{key}: file not found: {p}")
+    return config.model_copy(update={"data": data})
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict → {"a.b": value}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Keys whose values differ between two configs, ignoring budget-only keys."""
+    a, b = flatten(old.model_dump(mode="json")), flatten(new.model_dump(mode="json"))
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]

@@ -1,0 +1,50 @@
+"""The pure, jitted training step: ``train_step(state, batch) -> (state, metrics)``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nnpes.physics import energy_forces_stress
+from nnpes.potential import Potential
+from nnpes.train.loss import combine, error_sums
+
+TRACE_COUNT = {"train_step": 0}
+
+
+def make_train_step(potential: Potential, optimizer: optax.GradientTransformation, weights: dict,
+                    kind: str = "mse", delta: float = 0.01, ema_decay: float | None = None):
+    """A jitted step over a batch whose leading axis holds one padded graph per device shard.
+
+    The loss is normalised over the whole batch (sums and counts added over shards first), so
+    it is the same number however many devices share the batch.
+    """
+    use_stress = bool(weights.get("stress"))
+
+    def loss_fn(params, batch):
+        pot = potential.replace(params=params)
+
+        def shard(graph):
+            return error_sums(energy_forces_stress(pot, graph, compute_stress=use_stress), graph, kind, delta)
+
+        sums = jax.tree.map(lambda x: jnp.sum(x, axis=0), jax.vmap(shard)(batch))
+        return combine(sums, weights), sums
+
+    def train_step(state: dict, batch):
+        TRACE_COUNT["train_step"] += 1
+        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"], value=loss)
+        params = optax.apply_updates(state["params"], updates)
+        new = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
+        if ema_decay is not None:
+            # warm-up of the EMA decay so early parameters do not dominate
+            d = jnp.minimum(ema_decay, (1.0 + state["step"]) / (10.0 + state["step"])).astype(jnp.float32)
+            new["ema"] = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), state["ema"], params)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        for name in ("energy", "forces", "stress"):
+            if name in sums:
+                metrics[f"{name}_mse"] = sums[name] / jnp.maximum(sums[f"{name}_count"], 1.0)
+        return new, metrics
+
+    return jax.jit(train_step)
