@@ -58,7 +58,7 @@ def _print_table(files: list[dict]) -> None:
         for _, key, fmt in _COLUMNS:
             cells.append("—" if f[key] is None else fmt.format(f[key]))
         table.add_row(*cells)
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 def parity_plot(parity, path: str) -> None:
