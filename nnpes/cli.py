@@ -22,6 +22,19 @@ def _evaluate(args) -> int:
     return run(args)
 
 
+def _config(args) -> int:
+    from nnpes.train.config import load_config, reference_markdown
+
+    if args.config is None:
+        print(reference_markdown())
+        return 0
+    import yaml
+
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnpes", description="Machine-learned interatomic potentials in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stress-key", default="stress")
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("config", help="validate and print a config; without one, print the config reference")
+    p.add_argument("config", nargs="?", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.set_defaults(func=_config)
+
     try:
         from nnpes.md.cli import register
     except ImportError:  # the md verb lands with the MD module
@@ -57,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options (`nnpes train c.yaml --workdir d a.b=1`)
-    if args.command == "train":
+    if args.command in ("train", "config"):
         args.overrides += [x for x in extra if "=" in x and not x.startswith("-")]
         extra = [x for x in extra if not ("=" in x and not x.startswith("-"))]
     if extra:

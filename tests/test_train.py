@@ -236,3 +236,12 @@ def test_every_shipped_config_validates():
                 continue  # reference data absent on this machine
             raise
         assert cfg.build_model() is not None
+
+
+def test_readme_config_reference_is_generated_from_the_config_classes():
+    from nnpes.train.config import reference_markdown
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    assert reference_markdown() in readme, "README config reference is stale: regenerate it with `nnpes config`"

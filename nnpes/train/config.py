@@ -279,3 +279,34 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     a, b = flatten(old.model_dump(mode="json")), flatten(new.model_dump(mode="json"))
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
+
+
+def reference_markdown() -> str:
+    """The config reference for the README, generated from the config classes (never by hand):
+    ``nnpes config``."""
+    from nnpes.models import FAMILIES
+
+    def type_name(ann) -> str:
+        if typing.get_origin(ann) is Literal:
+            return " / ".join(repr(a) for a in typing.get_args(ann))
+        return (getattr(ann, "__name__", None) if typing.get_origin(ann) is None else None) or \
+            str(ann).replace("typing.", "").replace("|", "or")
+
+    def rows(model: type[BaseModel], prefix: str) -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if name == "model" or (isinstance(ann, type) and issubclass(ann, BaseModel)):
+                continue
+            default = "required" if field.is_required() else f"`{field.get_default(call_default_factory=False)!r}`"
+            out.append(f"| `{prefix}{name}` | {type_name(ann)} | {default} |")
+        return out
+
+    lines = ["| key | type | default |", "|---|---|---|"]
+    lines += rows(Config, "")
+    for section, cls in (("data", DataConfig), ("loss", LossConfig), ("optimizer", OptimizerConfig),
+                         ("training", TrainingConfig)):
+        lines += rows(cls, f"{section}.")
+    for family, cls in FAMILIES.items():
+        lines += [r.replace("` |", f"` ({family}) |", 1) for r in rows(_model_schema(family, cls), "model.")]
+    return "\n".join(lines)

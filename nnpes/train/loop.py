@@ -209,7 +209,7 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     val_graphs = [frame_to_graph(f, potential.cutoff, potential.atomic_numbers) for f in val_frames]
 
     t = cfg.training
-    n_dev = jax.local_device_count()
+    n_dev = jax.device_count()  # all hosts' devices: every process builds the same batch
     batch_size = max(t.batch_size, n_dev)
     steps_per_epoch = math.ceil(len(train_graphs) / batch_size)
     total_steps = t.max_steps if t.max_steps is not None else t.max_epochs * steps_per_epoch
@@ -230,7 +230,7 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     if n_dev > 1:
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-        mesh = Mesh(np.array(jax.local_devices()), ("data",))
+        mesh = Mesh(np.array(jax.devices()), ("data",))
         sharding = NamedSharding(mesh, PartitionSpec("data"))
 
     step = int(state["step"])
@@ -272,7 +272,8 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
         batch = shard_batch([train_graphs[i] for i in idx], n_dev, dtype)
         shapes.add((batch.nodes["positions"].shape, batch.senders.shape))
         if sharding is not None:
-            batch = jax.device_put(batch, sharding)
+            # each process hands over only the shards its own devices hold (works multi-host too)
+            batch = jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]), batch)
         state, m = step_fn(state, batch)
         step += 1
         if step % 10 == 0 or step == total_steps or b == steps_per_epoch - 1:
