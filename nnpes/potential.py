@@ -147,11 +147,15 @@ class Potential(struct.PyTreeNode):
         parent = os.path.dirname(directory)
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".tmp-model-", dir=parent)
-        with open(os.path.join(tmp, "potential.json"), "w") as f:
-            json.dump(self.metadata(), f, indent=2)
-        params = jax.tree.map(np.asarray, self.params)
-        with open(os.path.join(tmp, "params.msgpack"), "wb") as f:
-            f.write(flax.serialization.to_bytes(params))
+        try:
+            with open(os.path.join(tmp, "potential.json"), "w") as f:
+                json.dump(self.metadata(), f, indent=2)
+            params = jax.tree.map(np.asarray, self.params)
+            with open(os.path.join(tmp, "params.msgpack"), "wb") as f:
+                f.write(flax.serialization.to_bytes(params))
+        except BaseException:  # a failed save leaves the previous model and no half-written copy
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         old = None
         if os.path.exists(directory):
             old = tempfile.mkdtemp(prefix=".old-model-", dir=parent)

@@ -26,6 +26,9 @@ The symmetric tensor r̂^{⊗n} is stored by its (n+1)(n+2)/2 distinct monomials
 each weighted by √(n!/(p! q! r!)), so that the plain dot product of two such vectors is
 (u·v)^n (the multinomial theorem).
 
+The edge terms are summed onto atoms a chunk of edges at a time (:func:`chunked_segment_sum`),
+so no (edges × terms) array is ever held, forward or backward.
+
 Feature layout (F per atom): radial block (S neighbour species × R radial functions), then the
 angular block (P species pairs a ≤ b in lexicographic order × η × ζ × λ), P = S(S+1)/2.
 """
@@ -73,13 +76,16 @@ def angular_monomials(unit: jnp.ndarray, n_max: int) -> jnp.ndarray:
         (E, M) with M = Σ_n (n+1)(n+2)/2; the column orders are ``monomial_exponents(n_max)[1]``.
     """
     exps, _, weight = monomial_exponents(n_max)
-    # powers by repeated products (no x**0, whose gradient is NaN at x = 0)
-    powers = [jnp.ones_like(unit)]
+    # powers by repeated products (no x**0, whose gradient is NaN at x = 0); static column
+    # products only: an index gather here (and its scatter gradient) is ~10x slower on CPU
+    x, y, z = unit[:, 0], unit[:, 1], unit[:, 2]
+    px, py, pz = [jnp.ones_like(x)], [jnp.ones_like(y)], [jnp.ones_like(z)]
     for _ in range(n_max):
-        powers.append(powers[-1] * unit)
-    powers = jnp.stack(powers, axis=1)  # (E, n_max+1, 3)
-    out = powers[:, exps[:, 0], 0] * powers[:, exps[:, 1], 1] * powers[:, exps[:, 2], 2]
-    return out * jnp.asarray(weight, unit.dtype)
+        px.append(px[-1] * x)
+        py.append(py[-1] * y)
+        pz.append(pz[-1] * z)
+    columns = [float(w) * px[p] * py[q] * pz[r] for (p, q, r), w in zip(exps.tolist(), weight)]
+    return jnp.stack(columns, axis=1)
 
 
 def order_blocks(n_max: int) -> np.ndarray:
@@ -153,6 +159,53 @@ def _expansion_coefficients(zetas: np.ndarray, lambdas: np.ndarray) -> np.ndarra
     return coeff.reshape(n_max + 1, -1)
 
 
+# -- per-edge terms and their sum onto atoms ----------------------------------------------
+def _edge_terms(vectors, mask, cutoff, envelope_p, shifts, widths, etas, n_max):
+    """(E, R + K·M + K) per-edge terms: G2 summands exp(−η(r−Rs)²) f_c, then g_k·r̂^{⊗n}
+    (g_k = exp(−η_k r²) f_c, monomials of every order n ≤ n_max), then g_k². Zero on masked edges."""
+    dtype = vectors.dtype
+    r = jnp.linalg.norm(vectors, axis=-1)
+    fc = polynomial_envelope(r, cutoff, envelope_p) * mask.astype(dtype)
+    g2 = jnp.exp(-jnp.asarray(widths, dtype) * (r[:, None] - jnp.asarray(shifts, dtype)) ** 2) * fc[:, None]
+    if n_max < 0:
+        return g2
+    g = jnp.exp(-jnp.asarray(etas, dtype) * r[:, None] ** 2) * fc[:, None]  # (E, K)
+    mono = angular_monomials(vectors / r[:, None], n_max)  # (E, M)
+    return jnp.concatenate([g2, (g[:, :, None] * mono[:, None, :]).reshape(r.shape[0], -1), g**2], axis=1)
+
+
+def chunked_segment_sum(fn, vectors, edge_mask, segment_ids, num_segments: int, chunk: int, safe_vector):
+    """segment_sum(fn(vectors, edge_mask), segment_ids, num_segments), `chunk` edges at a time.
+
+    A scan over edge chunks adds each chunk's terms into the (num_segments, C) result in place;
+    the terms are recomputed in the backward pass (``jax.checkpoint``), so no (E, C) array is
+    ever stored: working memory is O(chunk·C + num_segments·C) and stays in cache.
+
+    Args:
+        fn: (B, 3), (B,) bool → (B, C), zero where the mask is False.
+        vectors: (E, 3). edge_mask: (E,) bool. segment_ids: (E,) int.
+        chunk: edges per step; 0 or ≥ E: one pass without a loop.
+        safe_vector: (3,) non-zero vector for the padding edges of the last chunk.
+    """
+    n_edge = vectors.shape[0]
+    if chunk <= 0 or n_edge <= chunk:
+        return jax.ops.segment_sum(fn(vectors, edge_mask), segment_ids, num_segments)
+    n_chunk = -(-n_edge // chunk)
+    pad = n_chunk * chunk - n_edge
+    vectors = jnp.concatenate([vectors, jnp.broadcast_to(safe_vector, (pad, 3))]).reshape(n_chunk, chunk, 3)
+    edge_mask = jnp.concatenate([edge_mask, jnp.zeros(pad, bool)]).reshape(n_chunk, chunk)
+    segment_ids = jnp.concatenate([segment_ids, jnp.zeros(pad, segment_ids.dtype)]).reshape(n_chunk, chunk)
+    terms = jax.checkpoint(fn, prevent_cse=False)
+    width = jax.eval_shape(fn, vectors[0], edge_mask[0]).shape[1]
+
+    def step(total, xs):
+        v, m, seg = xs
+        return total.at[seg].add(terms(v, m)), None
+
+    total, _ = jax.lax.scan(step, jnp.zeros((num_segments, width), vectors.dtype), (vectors, edge_mask, segment_ids))
+    return total
+
+
 # -- the model -----------------------------------------------------------------------------
 class BehlerParrinello(nn.Module):
     """Behler–Parrinello potential: element-resolved G2/G5 symmetry functions → one MLP per
@@ -170,6 +223,10 @@ class BehlerParrinello(nn.Module):
         feature_mean, feature_std: optional per-species standardisation of the descriptors,
             each a flat tuple of num_species·F numbers (row = species); None: none. Fit them
             with :func:`fit_standardization`.
+        edge_chunk: edges per step of the loop that sums edge terms onto atoms (working memory
+            ∝ edge_chunk, not ∝ E; on CPU ~2x faster than one pass because it stays in cache);
+            0: all edges in one pass (best on GPU); None: 8192 on CPU, 0 elsewhere. Results
+            differ only by summation order.
     Filled in by :meth:`nnpes.Potential.create`: cutoff (Å), num_species, avg_num_neighbors.
 
     Call: ``model.apply(params, vectors, species, senders, receivers, edge_mask)`` → (N,)
@@ -187,6 +244,7 @@ class BehlerParrinello(nn.Module):
     envelope_p: int = 6
     feature_mean: tuple[float, ...] | None = None
     feature_std: tuple[float, ...] | None = None
+    edge_chunk: int | None = None
     cutoff: float = 5.0
     num_species: int = 1
     avg_num_neighbors: float = 1.0
@@ -207,24 +265,21 @@ class BehlerParrinello(nn.Module):
         etas, zetas, lambdas = angular_grid(self)
         n_max = int(zetas.max()) if zetas.size else -1
 
-        r = jnp.linalg.norm(vectors, axis=-1)
-        fc = polynomial_envelope(r, self.cutoff, self.envelope_p) * edge_mask.astype(dtype)
-        g2 = jnp.exp(-jnp.asarray(widths, dtype) * (r[:, None] - jnp.asarray(shifts, dtype)) ** 2) * fc[:, None]
-        columns = [g2]  # (E, R)
-        if n_max >= 0:
-            g = jnp.exp(-jnp.asarray(etas, dtype) * r[:, None] ** 2) * fc[:, None]  # (E, K)
-            mono = angular_monomials(vectors / r[:, None], n_max)  # (E, M)
-            columns += [(g[:, :, None] * mono[:, None, :]).reshape(r.shape[0], -1), g**2]
-        # one segment sum over edges onto (centre atom, neighbour species)
+        def columns(v, mask):  # (E, 3), (E,) -> (E, C): [G2 terms | g·r̂^{⊗n} | g²]
+            return _edge_terms(v, mask, self.cutoff, self.envelope_p, shifts, widths, etas, n_max)
+
+        chunk = self.edge_chunk if self.edge_chunk is not None else (8192 if jax.default_backend() == "cpu" else 0)
+        # one sum over edges onto (centre atom, neighbour species): element resolution stays linear
         segment = receivers * s + species[senders]
-        summed = jax.ops.segment_sum(jnp.concatenate(columns, axis=1), segment, n_node * s)
+        safe = jnp.asarray([0.5 * self.cutoff, 0.0, 0.0], dtype)
+        summed = chunked_segment_sum(columns, vectors, edge_mask, segment, n_node * s, chunk, safe)
         summed = summed.reshape(n_node, s, -1)
 
         n_rad = len(shifts)
         radial = summed[:, :, :n_rad].reshape(n_node, -1) / self.avg_num_neighbors
         if n_max < 0:
             return radial
-        k, m = len(etas), mono.shape[1]
+        k, m = len(etas), order_blocks(n_max).shape[0]
         moments = summed[:, :, n_rad:n_rad + k * m].reshape(n_node, s, k, m)
         self_terms = summed[:, :, n_rad + k * m:]  # (N, S, K): Σ_{j∈a} g_j²
         first, second = species_pairs(s)
@@ -245,8 +300,9 @@ class BehlerParrinello(nn.Module):
         dtype = x.dtype
         n_feat = x.shape[1]
         if self.feature_mean is not None or self.feature_std is not None:
-            mean = np.zeros((self.num_species, n_feat)) if self.feature_mean is None else np.reshape(self.feature_mean, (self.num_species, n_feat))
-            std = np.ones((self.num_species, n_feat)) if self.feature_std is None else np.reshape(self.feature_std, (self.num_species, n_feat))
+            shape = (self.num_species, n_feat)
+            mean = np.zeros(shape) if self.feature_mean is None else np.reshape(self.feature_mean, shape)
+            std = np.ones(shape) if self.feature_std is None else np.reshape(self.feature_std, shape)
             x = (x - jnp.asarray(mean, dtype)[species]) / jnp.asarray(std, dtype)[species]
         # one network per element: stacked weights (S, in, out); every atom's layer is one
         # matmul against all S weight sets (S is small), then its own element's row is kept

@@ -1,0 +1,284 @@
+"""Speed of one energy + forces call: nnpes NequIP vs jax-md's own NequIP, fcc Cu, float32.
+
+Cases (each × every size):
+    nnpes-default  nnpes.models.NequIP() with its defaults (32 channels, l ≤ 2, both parities,
+                   3 layers, 8 Bessel functions, radial MLP 64×64), r_c = 5 Å.
+    nnpes-peer     nnpes NequIP with the peer's hyper-parameters: 3 layers, hidden irreps
+                   "32x0e+32x1o+32x1e", spherical harmonics l ≤ 1, 8 Bessel functions,
+                   radial MLP 64×64, r_c = 5 Å.
+    jaxmd-peer     jax_md.energy.nequip_neighbor_list with the same hyper-parameters
+                   (graph_net_steps 3, hidden_irreps "32x0e + 32x1o + 32x1e", sh_irreps
+                   "1x0e + 1x1o", num_basis 8, radial 2×64, r_max 5 Å).
+
+What is timed, per case: the host neighbour list (nnpes: vesin + padding into a GraphsTuple;
+jax-md: ``neighbor_fn.allocate``), reported apart; the compile time of the jitted energy +
+forces function (lower + compile); the steady-state time of that compiled call (median of
+--repeats calls after a warm-up) on the prebuilt padded graph (nnpes ``physics.evaluate``
+without stress) or prebuilt neighbour list (jax-md ``jit(value_and_grad(energy_fn))``).
+
+Every case runs in its own subprocess under a wall-clock timeout and an address-space limit
+(resource.setrlimit), so an out-of-memory or failing case is recorded as "oom", "timeout" or
+"error: ..." and the run goes on. Results: a table on stdout and JSON (--json).
+
+Usage:
+    python benchmarks/speed.py --sizes 108 256 --json benchmarks/results/speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+CASES = ("nnpes-default", "nnpes-peer", "jaxmd-peer")
+SIZES = (108, 256, 864, 2048)  # fcc Cu: 4·n³ atoms for n = 3, 4, 6, 8
+LATTICE_A = 3.6  # Å
+CUTOFF_A = 5.0
+RATTLE_A = 0.05  # Å, so that forces are not zero by symmetry
+PEER_IRREPS = "32x0e+32x1o+32x1e"
+
+DIFFERENCES = [
+    "messages: nnpes divides by sqrt(avg_num_neighbors), jax-md by n_neighbors (numerics only, same cost)",
+    "radial basis: nnpes Bessel x polynomial envelope (p=6); jax-md Bessel with trainable frequencies x "
+    "its multiplicative isotropic cutoff (inner 4.5 A, outer 5 A)",
+    "tensor product: nnpes e3nn.tensor_product then one radial weight per output irrep; jax-md legacy "
+    "FunctionalTensorProduct in 'uvu' mode with one radial weight per path",
+    "last layer: nnpes computes only the scalars the readout reads; jax-md computes all hidden irreps",
+    "readout: nnpes 16x0e -> SiLU -> 0e; jax-md 16x0e -> 0e (no non-linearity)",
+    "padding: nnpes pads edges to a bucket (<= 25 %); jax-md's sparse list has capacity 1.25 x occupancy",
+    "neighbour list: nnpes on the host (vesin, reported apart); jax-md allocate() with jnp "
+    "(O(N^2) candidates when the box is < 3 r_c)",
+]
+
+
+# -- worker: one case, one size, in its own process ---------------------------------------------
+def copper(n_atoms: int):
+    import ase.build
+
+    reps = round((n_atoms / 4) ** (1 / 3))
+    if 4 * reps**3 != n_atoms:
+        raise SystemExit(f"{n_atoms} atoms is not an fcc supercell 4·n³ (try 108, 256, 500, 864, 2048)")
+    atoms = ase.build.bulk("Cu", "fcc", a=LATTICE_A, cubic=True) * (reps, reps, reps)
+    atoms.rattle(RATTLE_A, seed=0)
+    atoms.wrap()
+    return atoms
+
+
+def median_ms(fn, repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times), times
+
+
+def run_nnpes(case: str, atoms, repeats: int) -> dict:
+    import jax
+    import numpy as np
+
+    import nnpes
+    from nnpes.data.graph import batch_graphs, frame_to_graph
+    from nnpes.data.io import frame_from_atoms
+    from nnpes.models import NequIP
+    from nnpes.physics import evaluate
+
+    model = NequIP() if case == "nnpes-default" else NequIP(num_layers=3, hidden_irreps=PEER_IRREPS, num_basis=8,
+                                                            radial_features=(64, 64))
+    frame = frame_from_atoms(atoms, source="benchmark")
+
+    def build():
+        graph = frame_to_graph(frame, CUTOFF_A, (29,))
+        return graph, batch_graphs([graph], dtype=np.float32)
+
+    build()
+    neighbor_ms, _ = median_ms(build, 3)
+    graph, batch = build()
+    potential = nnpes.Potential.create(model, [29], CUTOFF_A, avg_num_neighbors=graph.n_edge / graph.n_node)
+    batch = jax.device_put(batch)
+
+    start = time.perf_counter()
+    compiled = evaluate.lower(potential, batch, compute_stress=False).compile()
+    compile_s = time.perf_counter() - start
+    out = jax.block_until_ready(compiled(potential, batch))
+    forces = np.asarray(out["forces"][: len(atoms)])
+    step_ms, times = median_ms(lambda: jax.block_until_ready(compiled(potential, batch)), repeats)
+    return {"edges": int(graph.n_edge), "padded_edges": int(batch.senders.shape[0]), "neighbor_ms": neighbor_ms,
+            "compile_s": compile_s, "step_ms": step_ms, "step_ms_all": times,
+            "energy_ev": float(out["energy"][0]), "max_force_ev_a": float(np.abs(forces).max())}
+
+
+def run_jaxmd(atoms, repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax_md import energy, space
+    from jax_md._nn import nequip
+
+    n = len(atoms)
+    positions = jnp.asarray(atoms.positions, jnp.float32)
+    box = float(atoms.cell[0, 0])  # cubic supercell
+    displacement, _ = space.periodic(box)
+
+    cfg = nequip.default_config()
+    cfg.graph_net_steps = 3
+    cfg.hidden_irreps = "32x0e + 32x1o + 32x1e"
+    cfg.sh_irreps = "1x0e + 1x1o"
+    cfg.num_basis = 8
+    cfg.r_max = CUTOFF_A
+    cfg.radial_net_n_hidden = 64
+    cfg.radial_net_n_layers = 2
+    cfg.n_elements = 1
+    cfg.shift, cfg.scale = 0.0, 1.0
+    species = jnp.ones((n, 1), jnp.float32)
+    neighbor_fn, init_fn, energy_fn = energy.nequip_neighbor_list(displacement, box, cfg, atoms=species)
+
+    def allocate():
+        nbrs = neighbor_fn.allocate(positions)
+        jax.block_until_ready(nbrs.idx)
+        return nbrs
+
+    allocate()
+    neighbor_ms, _ = median_ms(allocate, 3)
+    nbrs = allocate()
+    edges = int(jnp.sum(nbrs.idx[0] < n))
+    cfg.n_neighbors = edges / n
+    neighbor_fn, init_fn, energy_fn = energy.nequip_neighbor_list(displacement, box, cfg, atoms=species)
+    params = init_fn(jax.random.PRNGKey(0), positions, nbrs)
+
+    value_and_grad = jax.jit(jax.value_and_grad(energy_fn, argnums=1))
+    start = time.perf_counter()
+    compiled = value_and_grad.lower(params, positions, nbrs).compile()
+    compile_s = time.perf_counter() - start
+    e, grad = jax.block_until_ready(compiled(params, positions, nbrs))
+    step_ms, times = median_ms(lambda: jax.block_until_ready(compiled(params, positions, nbrs)), repeats)
+    return {"edges": edges, "padded_edges": int(nbrs.idx.shape[1]), "neighbor_ms": neighbor_ms,
+            "compile_s": compile_s, "step_ms": step_ms, "step_ms_all": times,
+            "energy_ev": float(e), "max_force_ev_a": float(np.abs(np.asarray(grad)).max())}
+
+
+def worker(case: str, n_atoms: int, repeats: int) -> None:
+    atoms = copper(n_atoms)
+    result = run_jaxmd(atoms, repeats) if case.startswith("jaxmd") else run_nnpes(case, atoms, repeats)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# -- driver ------------------------------------------------------------------------------------
+_OOM_SIGNS = ("MemoryError", "RESOURCE_EXHAUSTED", "std::bad_alloc", "Out of memory", "out of memory",
+              "Cannot allocate memory", "Resource exhausted", "failed to map segment", "mmap")
+_MEMORY_SIGNALS = (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS)
+
+
+def run_case(case: str, n_atoms: int, args) -> dict:
+    limit = int(args.memory_gb * 2**30)
+
+    def set_limits():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, str(n_atoms), "--repeats", str(args.repeats)]
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), JAX_ENABLE_X64="0")
+    record = {"case": case, "atoms": n_atoms}
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, preexec_fn=set_limits, env=env)
+    except subprocess.TimeoutExpired:
+        return {**record, "status": f"timeout (> {args.timeout:.0f} s)", "wall_s": time.perf_counter() - start}
+    record["wall_s"] = time.perf_counter() - start
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode == 0 and lines:
+        return {**record, "status": "ok", **json.loads(lines[-1][len("RESULT "):])}
+    text = proc.stderr + proc.stdout
+    if any(sign in text for sign in _OOM_SIGNS):
+        return {**record, "status": "oom", "detail": _last_line(text, proc.returncode)}
+    if proc.returncode < 0 and -proc.returncode in _MEMORY_SIGNALS:
+        # under an address-space limit, failed allocations in XLA's C++ surface as these signals
+        name = signal.Signals(-proc.returncode).name
+        return {**record, "status": "oom", "detail": f"{name} under the {args.memory_gb:g} GiB address-space limit"}
+    return {**record, "status": f"error: {_last_line(text, proc.returncode)}"}
+
+
+def _last_line(text: str, returncode: int) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else f"exit code {returncode}"
+
+
+def fmt(value, spec: str) -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+
+def table(results: list[dict]) -> str:
+    head = (f"{'atoms':>6} {'case':<14} {'edges':>7} {'padded':>7} {'nbr list ms':>11} {'compile s':>9} "
+            f"{'step ms':>9} {'vs jax-md':>9} {'peak MB':>8}  status")
+    rows = [head, "-" * len(head)]
+    for r in results:
+        rows.append(f"{r['atoms']:>6} {r['case']:<14} {fmt(r.get('edges'), 'd'):>7} "
+                    f"{fmt(r.get('padded_edges'), 'd'):>7} "
+                    f"{fmt(r.get('neighbor_ms'), '.1f'):>11} {fmt(r.get('compile_s'), '.1f'):>9} "
+                    f"{fmt(r.get('step_ms'), '.1f'):>9} {fmt(r.get('ratio_vs_jaxmd'), '.2f'):>9} "
+                    f"{fmt(r.get('peak_rss_mb'), '.0f'):>8}  {r['status']}")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="fcc Cu atom counts (4·n³)")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    default_json = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "speed.json")
+    parser.add_argument("--json", default=default_json, help="where to write the results")
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls per case after one warm-up")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
+    parser.add_argument("--memory-gb", type=float, default=8.0, help="address-space limit per case, GiB")
+    parser.add_argument("--worker", nargs=2, metavar=("CASE", "ATOMS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        worker(args.worker[0], int(args.worker[1]), args.repeats)
+        return
+    bad = [n for n in args.sizes if 4 * round((n / 4) ** (1 / 3)) ** 3 != n]
+    if bad:
+        parser.error(f"sizes {bad} are not fcc supercells 4·n³ (e.g. 108, 256, 500, 864, 2048)")
+
+    import jax
+
+    load_before = os.getloadavg()
+    results = []
+    for n_atoms in args.sizes:
+        for case in args.cases:
+            print(f"running {case} on {n_atoms} atoms ...", file=sys.stderr, flush=True)
+            results.append(run_case(case, n_atoms, args))
+    for r in results:  # steady-state ratio nnpes / jax-md on the same structure
+        peer = next((p for p in results if p["case"] == "jaxmd-peer" and p["atoms"] == r["atoms"]), None)
+        if r["case"].startswith("nnpes") and r["status"] == "ok" and peer and peer["status"] == "ok":
+            r["ratio_vs_jaxmd"] = r["step_ms"] / peer["step_ms"]
+
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "jax": jax.__version__,
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "dtype": "float32", "structure": f"fcc Cu, a = {LATTICE_A} A, rattled {RATTLE_A} A",
+        "cutoff_a": CUTOFF_A, "repeats": args.repeats, "timeout_s": args.timeout, "memory_limit_gib": args.memory_gb,
+        "timed_call": "nnpes: physics.evaluate(compute_stress=False) on a prebuilt padded graph; "
+                      "jax-md: jit(value_and_grad(energy_fn)) on a prebuilt neighbour list",
+        "ratio": "ratio_vs_jaxmd = nnpes step_ms / jaxmd-peer step_ms (same structure)",
+        "differences_nnpes_peer_vs_jaxmd_peer": DIFFERENCES,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=2)
+    print(table(results))
+    print(f"\nload average before/after: {load_before[0]:.2f} / {meta['load_average_after'][0]:.2f} "
+          f"on {os.cpu_count()} CPUs; JSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""jax-md adaptor: an nnpes potential as a jax-md energy function with a neighbour list.
+
+``neighbor_fn, energy_fn = energy_neighbor_list(potential, displacement_fn, box, numbers)``
+works like jax-md's ``energy.lennard_jones_neighbor_list``: the model, its parameters and
+the species are closed over, and ``energy_fn(R, neighbor)`` can be jitted, differentiated,
+vmapped and handed to any ``jax_md.simulate`` integrator. No physics lives here: the edge
+vectors come from jax-md's displacement function and the energy from
+:func:`nnpes.physics.site_energies_from_vectors`, the function every other path uses.
+
+Units: Å, eV, amu. jax-md then measures time in √(amu·Å²/eV) ≈ 10.1805 fs
+(``ase.units.fs`` converts: ``dt = dt_fs * ase.units.fs``) and temperature as kT in eV.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax_md import dataclasses, partition
+
+from nnpes.data.graph import species_indices
+from nnpes.errors import ModelError
+from nnpes.physics import site_energies_from_vectors
+from nnpes.potential import Potential
+
+DEFAULT_SKIN_A = 1.0  # Å: neighbour-list skin (jax-md's dr_threshold)
+DEFAULT_CAPACITY_MULTIPLIER = 1.5
+
+
+class BoxTooSmallError(ModelError):
+    """The periodic box is narrower than 2·(cutoff + skin): jax-md's minimum-image convention
+    would miss periodic images, so no numbers are computed at all."""
+
+
+@dataclasses.dataclass
+class NeighborList(partition.NeighborList):
+    """jax-md's sparse :class:`~jax_md.partition.NeighborList` plus what a safe update needs.
+
+    Attributes (beyond jax-md's):
+        reference_box: (3, 3) box (columns = lattice vectors, Å) when the list was built.
+        box_too_small: bool, set by an update whose box became narrower than
+            2·(cutoff + skin); the list is then unusable (check with :func:`needs_reallocation`).
+    """
+
+    reference_box: jnp.ndarray
+    box_too_small: jnp.ndarray
+
+
+def box_matrix(box) -> jnp.ndarray:
+    """jax-md box (scalar side, (3,) sides or (3, 3) with lattice vectors as columns) → (3, 3)."""
+    box = jnp.asarray(box)
+    if box.ndim == 0:
+        return box * jnp.eye(3, dtype=box.dtype)
+    if box.ndim == 1:
+        return jnp.diag(box)
+    return box
+
+
+def box_widths(box) -> jnp.ndarray:
+    """(3,) distances between opposite faces of the box, Å (the minimum-image limit is half the
+    smallest): 1 / |row k of box⁻¹|."""
+    return 1.0 / jnp.linalg.norm(jnp.linalg.inv(box_matrix(box)), axis=1)
+
+
+def needs_reallocation(neighbor: NeighborList) -> bool:
+    """True when the list overflowed its capacity (jax-md's ``did_buffer_overflow``), its cells
+    became too small for a shrunken box, or the box became too narrow (host-side check)."""
+    return bool(neighbor.did_buffer_overflow) or bool(neighbor.cell_size_too_small) or bool(neighbor.box_too_small)
+
+
+def energy_neighbor_list(
+    potential: Potential,
+    displacement_fn,
+    box,
+    atomic_numbers,
+    *,
+    dr_threshold: float = DEFAULT_SKIN_A,
+    capacity_multiplier: float = DEFAULT_CAPACITY_MULTIPLIER,
+    fractional_coordinates: bool = False,
+    **neighbor_kwargs,
+):
+    """An nnpes potential as a jax-md (neighbour function, energy function) pair.
+
+    Args:
+        potential: the model; cast it first (``potential.astype("float64")``) to run in
+            float64, with ``jax_enable_x64`` on.
+        displacement_fn: from ``jax_md.space``: ``free()``, ``periodic(side)`` or
+            ``periodic_general(box, fractional_coordinates=True)``.
+        box: as jax-md takes it: a side length, (3,) side lengths, or a (3, 3) matrix whose
+            columns are the lattice vectors (ASE's ``atoms.cell.T``; it must be upper
+            triangular, i.e. ASE's standard cell form, for jax-md's cell list). Ignored in
+            free space.
+        atomic_numbers: (N,) atomic numbers of the atoms (static).
+        dr_threshold: the skin, Å: pairs are listed up to cutoff + skin and the list is rebuilt
+            only when atoms have moved far enough that a pair might have entered the cutoff.
+        capacity_multiplier: headroom of a newly allocated list over the pairs it holds.
+        fractional_coordinates: positions are fractional (with ``periodic_general``).
+        **neighbor_kwargs: passed on to ``jax_md.partition.neighbor_list``
+            (e.g. ``disable_cell_list``). The format is always ``partition.Sparse``.
+
+    Returns:
+        ``(neighbor_fn, energy_fn)``.
+
+        ``neighbor_fn.allocate(R, extra_capacity=0, **kwargs)`` builds a list (on the host,
+        not jittable); ``neighbor_fn.update(R, neighbor, margin=0.0, **kwargs)`` (or
+        ``neighbor.update(R)``) rebuilds it inside jit when 2·(largest move since the build +
+        margin) + ‖B B₀⁻¹ − I‖·(cutoff + skin) exceeds the skin, B₀ and B being the box at the
+        build and now: a pair outside cutoff + skin then cannot have come within the cutoff,
+        also while an NPT box changes. Pass ``margin`` ≥ the largest move of the next step
+        when the update precedes the step, as :func:`nnpes.md.run` does. Like jax-md,
+        ``update`` never raises: check :func:`needs_reallocation` (``did_buffer_overflow``).
+
+        ``energy_fn(R, neighbor, *, params=None, box=None, perturbation=None)`` is the total
+        energy, eV, reference energies included (what :class:`nnpes.Calculator` gives).
+        ``params`` replaces the model's parameters (differentiate with respect to them);
+        ``box`` and ``perturbation`` are jax-md's keywords, used by ``quantity.pressure``,
+        ``quantity.stress`` and ``simulate.npt_nose_hoover``. Pairs listed beyond the cutoff
+        are masked.
+
+        Stress sign: ``jax_md.quantity.stress(energy_fn, R, box, neighbor=nbrs)`` is
+        −(1/V) ∂E/∂ε (positive under compression, like a pressure), so
+        ASE stress = −jax-md stress (potential part; jax-md adds the kinetic term m·v⊗v/V
+        when given velocities), and ``quantity.pressure`` = −trace(ASE stress)/3.
+
+    Raises:
+        BoxTooSmallError: a periodic box narrower than 2·(cutoff + skin) (make a supercell,
+            or use :class:`nnpes.Calculator`, which handles small cells).
+        ModelError: an element the model does not know, or a box that is not upper triangular.
+    """
+    numbers = np.asarray(atomic_numbers).reshape(-1)
+    species = jnp.asarray(species_indices(numbers, potential.atomic_numbers, "energy_neighbor_list"))
+    n_atoms = len(numbers)
+    cutoff = float(potential.cutoff)
+    skin = float(dr_threshold)
+    list_cutoff = cutoff + skin
+    free = _is_free_space(displacement_fn, box, fractional_coordinates)
+
+    if free:
+        box = 1.0
+        neighbor_kwargs.setdefault("disable_cell_list", True)  # molecules drift; no cells to wrap into
+    else:
+        box_np = np.asarray(box, np.float64)
+        if box_np.ndim == 2 and not np.allclose(np.triu(box_np), box_np):
+            raise ModelError("box must be upper triangular (columns = lattice vectors, ASE's standard cell "
+                             "form): rotate with atoms.set_cell(atoms.cell.standard_form()[0], scale_atoms=True)")
+        if box_np.ndim == 2 and not fractional_coordinates:
+            raise ModelError("a (3, 3) box needs space.periodic_general(box, fractional_coordinates=True) and "
+                             "fractional_coordinates=True here")
+        check_box(box_np, cutoff, skin)
+    static_box = box_matrix(jnp.asarray(box, jnp.float32 if not jax.config.jax_enable_x64 else jnp.float64))
+
+    list_displacement = _fractional_displacement(static_box) if fractional_coordinates and not free else displacement_fn
+    base = partition.neighbor_list(list_displacement, box, list_cutoff, dr_threshold=0.0,
+                                   capacity_multiplier=capacity_multiplier,
+                                   fractional_coordinates=fractional_coordinates, format=partition.Sparse,
+                                   **neighbor_kwargs)
+
+    def wrap(nbrs, reference_box, too_small):
+        fields = {f.name: getattr(nbrs, f.name) for f in dataclasses.fields(partition.NeighborList)}
+        fields["update_fn"] = update
+        return NeighborList(**fields, reference_box=reference_box, box_too_small=too_small)
+
+    def allocate(R, extra_capacity: int = 0, **kwargs):
+        current = static_box if "box" not in kwargs else box_matrix(kwargs["box"])
+        if not free:
+            check_box(np.asarray(current), cutoff, skin)
+        with _quiet_jax_md():
+            nbrs = base.allocate(R, extra_capacity, **kwargs)
+        return wrap(nbrs, current.astype(R.dtype), jnp.zeros((), bool))
+
+    def update(R, nbrs, margin=0.0, **kwargs):
+        move_kwargs = {"box": kwargs["box"]} if "box" in kwargs else {}
+        moves = jax.vmap(partial(list_displacement, **move_kwargs))(R, nbrs.reference_position)
+        max_move = jnp.sqrt(jnp.max(jnp.sum(moves**2, axis=-1)))
+        current = nbrs.reference_box if "box" not in kwargs else box_matrix(kwargs["box"]).astype(R.dtype)
+        strain = jnp.linalg.norm(current @ jnp.linalg.inv(nbrs.reference_box) - jnp.eye(3, dtype=R.dtype))
+        rebuild = 2.0 * (max_move + margin) + strain * list_cutoff > skin
+        too_small = nbrs.box_too_small
+        if not free and "box" in kwargs:
+            too_small = too_small | (jnp.min(box_widths(current)) < 2.0 * list_cutoff)
+
+        def build(old):
+            with _quiet_jax_md():
+                new = base.update(R, old, **kwargs)
+            return wrap(new, current, too_small)
+
+        def keep(old):
+            return old.set(box_too_small=too_small)
+
+        return lax.cond(rebuild, build, keep, nbrs)
+
+    def energy_fn(R, neighbor, *, params=None, box=None, perturbation=None, **unused_kwargs):
+        valid = (neighbor.idx[0] < n_atoms) & (neighbor.idx[1] < n_atoms)
+        senders = jnp.where(valid, neighbor.idx[0], 0)  # empty slots hold N: point them at atom 0, masked
+        receivers = jnp.where(valid, neighbor.idx[1], 0)
+        kwargs = {}
+        if box is not None:
+            kwargs["box"] = box  # space.periodic raises UnexpectedBoxException, which jax-md catches
+        if perturbation is not None:
+            kwargs["perturbation"] = perturbation
+        vectors = jax.vmap(partial(displacement_fn, **kwargs))(R[senders], R[receivers])  # R_j − R_i
+        model = potential if params is None else potential.replace(params=params)
+        interaction, reference = site_energies_from_vectors(model, vectors, species, senders, receivers, valid)
+        return jnp.sum(interaction) + jnp.sum(reference)
+
+    return partition.NeighborListFns(allocate, update), energy_fn
+
+
+def _fractional_displacement(static_box):
+    """periodic_general's fractional minimum-image displacement, written without a matrix-vector
+    product. Reason: on XLA:CPU (jax 0.10.2) a vmapped ``box @ d`` followed by a sum inside the
+    vmapped function, jax-md's squared-distance metric, is miscompiled beyond 2^14 pairs
+    (float64; 2^15 in float32): jax-md's fractional neighbour lists then hold wrong pairs. The
+    element-wise form below compiles correctly; it is used only to build lists."""
+
+    def displacement(Ra, Rb, box=None, **unused_kwargs):
+        B = static_box if box is None else box_matrix(box)
+        d = jnp.mod(Ra - Rb + 0.5, 1.0) - 0.5
+        return jnp.sum(B.astype(d.dtype) * d[None, :], axis=-1)
+
+    return displacement
+
+
+@contextlib.contextmanager
+def _quiet_jax_md():
+    """jax-md 0.2.29 scatters int64 indices into int32 arrays under x64 (harmless: indices < N²);
+    jax warns about it on every trace."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="scatter inputs have incompatible types", category=FutureWarning)
+        yield
+
+
+def check_box(box, cutoff: float, skin: float) -> None:
+    """Raise :class:`BoxTooSmallError` if the box is narrower than 2·(cutoff + skin)."""
+    widths = np.asarray(box_widths(np.asarray(box, np.float64)))
+    need = 2.0 * (cutoff + skin)
+    if widths.min() < need:
+        repeat = [max(1, math.ceil(need / w)) for w in widths]
+        raise BoxTooSmallError(
+            f"periodic box is {widths.min():.2f} Å wide, jax-md's minimum image needs at least 2·(cutoff + skin) = "
+            f"{need:.2f} Å: make a supercell (ase: atoms.repeat({tuple(repeat)})) or use nnpes.Calculator with ASE")
+
+
+def _is_free_space(displacement_fn, box, fractional: bool) -> bool:
+    """A long displacement comes back unchanged only in free space (periodic spaces wrap it)."""
+    extent = 1.0 if fractional else float(np.max(np.abs(np.asarray(box, np.float64)))) if box is not None else 1.0
+    far = 1000.37 * max(extent, 1.0)
+    d = np.asarray(displacement_fn(jnp.asarray([far, 0.0, 0.0]), jnp.zeros(3)))
+    return bool(abs(d[0] - far) < 1e-3 * far)

@@ -1,0 +1,34 @@
+"""Tiny instances of every model family, for the physics property tests.
+
+Each entry maps a family name of ``nnpes.models.FAMILIES`` to a factory returning a small
+model (a few hundred parameters: each distinct model compiles once per padded shape, and the
+machine running the suite is small). Adding a family means adding one line here, e.g.::
+
+    "behler_parrinello": lambda: BehlerParrinello(<small hyper-parameters>),
+
+``test_every_family_has_a_tiny_model`` fails until the line exists.
+"""
+
+from __future__ import annotations
+
+from nnpes.models import BehlerParrinello, DeepSets, NequIP
+
+TINY_MODELS = {
+    "nequip": lambda: NequIP(channels=4, l_max=2, num_layers=2, num_basis=4, radial_features=(8,), readout_features=4),
+    "behler_parrinello": lambda: BehlerParrinello(num_radial=4, zetas=(1, 2), hidden_features=(8,)),
+    "deepsets": lambda: DeepSets(num_basis=4, embed_features=4, phi_features=(8, 8), rho_features=(8,)),
+}
+
+# Cut-off radius of the tiny potentials, Å: below half the 3.6 Å fcc-Cu cube, so the periodic
+# test cells are smaller than 2·r_c and atoms see several images of their neighbours.
+TINY_CUTOFF = 3.0
+
+
+def message_passing_hops(model) -> int:
+    """How many cut-off spheres a site energy can see (its receptive field is hops·r_c).
+
+    Message-passing families expose their depth as ``num_layers``; a family without that field
+    is taken as strictly local (one sphere). Over-estimating only makes the locality test
+    weaker, never wrong.
+    """
+    return int(getattr(model, "num_layers", 1))

@@ -1,0 +1,398 @@
+"""Data: bad files fail with one line naming the file and frame; labels convert correctly;
+neighbour lists match brute force; padded batches keep real and padding data apart.
+
+No model is compiled here: these tests are host-side and fast.
+"""
+
+from __future__ import annotations
+
+import itertools
+from importlib import resources
+
+import ase
+import ase.build
+import ase.io
+import jraph
+import numpy as np
+import pytest
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.neighborlist import neighbor_list as ase_neighbor_list
+
+from nnpes.data.graph import (
+    batch_graphs,
+    bucket,
+    frame_to_graph,
+    pad_sizes,
+    species_indices,
+)
+from nnpes.data.io import MIN_DISTANCE_A, frame_from_atoms, read_frames
+from nnpes.data.neighbors import neighbor_list
+from nnpes.errors import DataError, ModelError
+
+pytestmark = pytest.mark.usefixtures("debug_nans")
+
+# -- helpers -------------------------------------------------------------------------------------
+def water(energy=-14.0, forces=None, shift=0.0) -> ase.Atoms:
+    atoms = ase.build.molecule("H2O")
+    atoms.positions += shift
+    forces = np.zeros((3, 3)) if forces is None else forces
+    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+    return atoms
+
+
+def write_with_bad_frame(path, bad: ase.Atoms, index: int = 2, n: int = 4) -> str:
+    """An extxyz file of n good water frames with `bad` at position `index`."""
+    frames = [water(shift=0.01 * i) for i in range(n)]
+    frames[index] = bad
+    ase.io.write(path, frames, format="extxyz")
+    return str(path)
+
+
+def assert_one_line_error(err, *fragments):
+    message = str(err.value)
+    assert "\n" not in message, f"error spans several lines: {message!r}"
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} missing from {message!r}"
+
+
+# -- bad input -------------------------------------------------------------------------------------
+def _nan_positions():
+    atoms = water()
+    atoms.positions[1, 2] = np.nan
+    return atoms
+
+
+def _inf_positions():
+    atoms = water()
+    atoms.positions[0, 0] = np.inf
+    return atoms
+
+
+BAD_FRAMES = {
+    "nan_positions": (_nan_positions, "positions"),
+    "inf_positions": (_inf_positions, "positions"),
+    "nan_energy": (lambda: water(energy=np.nan), "energy"),
+    "inf_energy": (lambda: water(energy=np.inf), "energy"),
+    "nan_forces": (lambda: water(forces=np.array([[0, 0, 0], [0, np.nan, 0], [0, 0, 0]])), "forces"),
+    "inf_forces": (lambda: water(forces=np.array([[0, 0, -np.inf], [0, 0, 0], [0, 0, 0]])), "forces"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FRAMES))
+def test_non_finite_values_raise_naming_file_and_frame(tmp_path, case):
+    make, what = BAD_FRAMES[case]
+    path = write_with_bad_frame(tmp_path / f"{case}.xyz", make())
+    with pytest.raises(DataError) as err:
+        read_frames(path)
+    assert_one_line_error(err, path, "frame 2", what)
+
+
+def test_wrong_forces_shape_raises(tmp_path):
+    path = tmp_path / "forces2.xyz"
+    path.write_text(
+        "2\nProperties=species:S:1:pos:R:3:forces:R:2 energy=-1.0 pbc=\"F F F\"\n"
+        "H 0.0 0.0 0.0 0.1 0.2\nH 0.0 0.0 0.74 -0.1 -0.2\n"
+    )
+    with pytest.raises(DataError) as err:
+        read_frames(path)
+    assert_one_line_error(err, str(path), "frame 0", "shape (2, 2)", "(2, 3)")
+
+
+def test_missing_required_label_raises_naming_label_and_key(tmp_path):
+    frames = [water() for _ in range(3)]
+    no_forces = ase.build.molecule("H2O")
+    no_forces.calc = SinglePointCalculator(no_forces, energy=-14.0)
+    frames[1] = no_forces
+    path = str(tmp_path / "missing.xyz")
+    ase.io.write(path, frames, format="extxyz")
+    read_frames(path, require=("energy",))  # energy is everywhere: fine
+    with pytest.raises(DataError) as err:
+        read_frames(path, require=("energy", "forces"))
+    assert_one_line_error(err, path, "frame 1", "'forces'")
+
+
+def test_unknown_required_label_is_refused(tmp_path):
+    path = str(tmp_path / "ok.xyz")
+    ase.io.write(path, [water()], format="extxyz")
+    with pytest.raises(DataError) as err:
+        read_frames(path, require=("charges",))
+    assert_one_line_error(err, "charges")
+
+
+def test_labels_are_read_from_custom_keys(tmp_path):
+    atoms = ase.build.molecule("H2O")
+    atoms.info["REF_energy"] = -14.5
+    atoms.arrays["REF_forces"] = np.arange(9.0).reshape(3, 3)
+    path = str(tmp_path / "custom.xyz")
+    ase.io.write(path, atoms, format="extxyz")
+    (frame,) = read_frames(path, energy_key="REF_energy", forces_key="REF_forces", require=("energy", "forces"))
+    assert frame.energy == -14.5
+    np.testing.assert_array_equal(frame.forces, np.arange(9.0).reshape(3, 3))
+
+
+def test_unknown_element_raises_naming_element_file_and_frame(tmp_path):
+    frames = [water(), water()]
+    frames[1] = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True)
+    path = str(tmp_path / "with_cu.xyz")
+    ase.io.write(path, frames, format="extxyz")
+    bad = read_frames(path)[1]
+    with pytest.raises(ModelError) as err:
+        frame_to_graph(bad, 3.0, atomic_numbers=(1, 8))
+    assert_one_line_error(err, path, "frame 1", "Cu")
+
+
+def test_species_lookup_names_every_unknown_element():
+    with pytest.raises(ModelError) as err:
+        species_indices(np.array([1, 8, 79, 29, 79]), (1, 8), "ase.Atoms")
+    assert_one_line_error(err, "ase.Atoms", "Au", "Cu")
+
+
+def test_dummy_element_raises(tmp_path):
+    path = tmp_path / "dummy.xyz"
+    path.write_text("2\nProperties=species:S:1:pos:R:3 pbc=\"F F F\"\nH 0 0 0\nX 0 0 1\n")
+    with pytest.raises(DataError) as err:
+        read_frames(path)
+    assert_one_line_error(err, str(path), "frame 0", "atomic numbers")
+
+
+@pytest.mark.parametrize("periodic_image", [False, True])
+def test_atoms_closer_than_min_distance_raise(tmp_path, periodic_image):
+    if periodic_image:  # 0.02 Å and L − 0.03 Å along x are 0.05 Å apart through the boundary
+        bad = ase.Atoms("Cu2", positions=[[0.02, 1.0, 1.0], [3.57, 1.0, 1.0]], cell=[3.6, 3.6, 3.6], pbc=True)
+    else:
+        bad = ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.5 * MIN_DISTANCE_A]])
+    path = str(tmp_path / "close.xyz")
+    ase.io.write(path, [water(), bad], format="extxyz")
+    with pytest.raises(DataError) as err:
+        read_frames(path)
+    assert_one_line_error(err, path, "frame 1", "closer than")
+
+
+@pytest.mark.parametrize("cell", [np.zeros((3, 3)), np.array([[3.0, 0, 0], [0, 3.0, 0], [3.0, 3.0, 0]])],
+                         ids=["zero", "coplanar"])
+def test_periodic_frame_with_singular_cell_raises(tmp_path, cell):
+    bad = ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=cell, pbc=True)
+    path = str(tmp_path / "singular.xyz")
+    ase.io.write(path, [water(), water(), bad], format="extxyz")
+    with pytest.raises(DataError) as err:
+        read_frames(path)
+    assert_one_line_error(err, path, "frame 2", "singular cell")
+
+
+def test_empty_file_raises(tmp_path):
+    path = tmp_path / "empty.xyz"
+    path.write_text("")
+    with pytest.raises(DataError) as err:
+        read_frames(path)
+    assert_one_line_error(err, str(path))
+
+
+def test_missing_file_raises(tmp_path):
+    path = str(tmp_path / "nowhere.xyz")
+    with pytest.raises(DataError) as err:
+        read_frames(path)
+    assert_one_line_error(err, path, "no such file")
+
+
+def test_garbage_file_raises(tmp_path):
+    path = tmp_path / "garbage.xyz"
+    path.write_text("this is not\nan xyz file\n")
+    with pytest.raises(DataError) as err:
+        read_frames(path)
+    assert_one_line_error(err, str(path))
+
+
+# -- label conversion ----------------------------------------------------------------------------
+def test_virial_converts_to_stress_with_ase_sign(tmp_path):
+    atoms = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True)
+    virial = np.array([[1.0, 0.2, 0.3], [0.2, 2.0, 0.4], [0.3, 0.4, 3.0]])  # eV
+    atoms.info["virial"] = virial
+    path = str(tmp_path / "virial.xyz")
+    ase.io.write(path, atoms, format="extxyz")
+    (frame,) = read_frames(path, require=("stress",))
+    np.testing.assert_allclose(frame.stress, -virial / atoms.get_volume(), rtol=1e-12)
+
+
+def test_virial_in_voigt_order_converts_to_stress(tmp_path):
+    atoms = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.info["virial"] = np.array([1.0, 2.0, 3.0, 0.4, 0.3, 0.2])  # xx yy zz yz xz xy
+    frame = frame_from_atoms(atoms, source="mem")
+    expected = -np.array([[1.0, 0.2, 0.3], [0.2, 2.0, 0.4], [0.3, 0.4, 3.0]]) / atoms.get_volume()
+    np.testing.assert_allclose(frame.stress, expected, rtol=1e-12)
+
+
+def test_stress_in_voigt_order_becomes_symmetric_matrix(tmp_path):
+    atoms = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True)
+    voigt = np.array([0.1, 0.2, 0.3, 0.04, 0.05, 0.06])
+    atoms.calc = SinglePointCalculator(atoms, energy=-10.0, stress=voigt)
+    path = str(tmp_path / "stress.xyz")
+    ase.io.write(path, atoms, format="extxyz")
+    (frame,) = read_frames(path)
+    expected = np.array([[0.1, 0.06, 0.05], [0.06, 0.2, 0.04], [0.05, 0.04, 0.3]])
+    np.testing.assert_allclose(frame.stress, expected, rtol=1e-12)
+    np.testing.assert_allclose(frame.to_atoms().get_stress(), voigt, rtol=1e-12)  # and back
+
+
+def test_virial_of_a_molecule_is_refused():
+    atoms = ase.build.molecule("H2O")
+    atoms.info["virial"] = np.eye(3)
+    with pytest.raises(DataError) as err:
+        frame_from_atoms(atoms, source="mol.xyz", index=3)
+    assert_one_line_error(err, "mol.xyz", "frame 3", "virial")
+
+
+def test_packaged_ethanol_frames_are_complete():
+    for name in ("ethanol_train.xyz", "ethanol_test.xyz"):
+        path = resources.files("nnpes.data") / "files" / name
+        frames = read_frames(str(path), require=("energy", "forces"))
+        assert len(frames) == 100
+        assert all(f.n_atoms == 9 and not f.periodic for f in frames)
+
+
+def test_shared_ci_files_read_with_stress(shared_data):
+    frames = read_frames(shared_data / "ci" / "hfo2.xyz", require=("energy", "forces", "stress"))
+    assert len(frames) == 10
+    for f in frames:
+        assert f.stress.shape == (3, 3) and np.allclose(f.stress, f.stress.T)
+
+
+# -- neighbour lists -----------------------------------------------------------------------------
+def brute_force_pairs(positions, cell, pbc, cutoff) -> set:
+    """Every (i, j, shift) with |R_j − R_i + shift·cell| < cutoff, by looping over all images."""
+    pbc = np.asarray(pbc, bool)
+    reach = np.zeros(3, int)
+    if pbc.any():
+        volume = abs(np.linalg.det(cell))
+        for k in range(3):
+            if pbc[k]:  # images up to the cutoff over the spacing of lattice planes, plus one
+                height = volume / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]))
+                reach[k] = int(np.ceil(cutoff / height)) + 1
+    pairs = set()
+    for shift in itertools.product(*(range(-r, r + 1) for r in reach)):
+        offset = np.asarray(shift) @ cell if pbc.any() else np.zeros(3)
+        d = positions[None, :, :] - positions[:, None, :] + offset  # d[i, j] = R_j − R_i + offset
+        close = np.linalg.norm(d, axis=-1) < cutoff
+        for i, j in zip(*np.nonzero(close)):
+            if i != j or any(shift):
+                pairs.add((int(i), int(j), tuple(int(s) for s in shift)))
+    return pairs
+
+
+def nnpes_pairs(atoms, cutoff) -> set:
+    nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+    return {(int(i), int(j), tuple(int(s) for s in shift)) for i, j, shift in zip(nl.receivers, nl.senders, nl.shifts)}
+
+
+def _triclinic_small_cell():
+    cell = np.array([[2.8, 0.0, 0.0], [0.9, 2.6, 0.0], [0.4, -0.7, 3.1]])
+    frac = np.random.default_rng(0).random((3, 3))
+    return ase.Atoms("CuOH", scaled_positions=frac, cell=cell, pbc=True)
+
+
+def _mixed_pbc_slab():
+    slab = ase.build.fcc111("Cu", size=(2, 2, 2), vacuum=4.0, a=3.6)
+    slab.rattle(0.05, seed=2)
+    slab.pbc = (True, True, False)
+    return slab
+
+
+NEIGHBOR_CASES = {
+    "molecule": lambda: ase.build.molecule("CH3CH2OH"),
+    "triclinic_cell_smaller_than_2rc": _triclinic_small_cell,
+    "mixed_pbc_slab": _mixed_pbc_slab,
+    "one_atom_fcc_cell": lambda: ase.build.bulk("Cu", "fcc", a=3.6),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NEIGHBOR_CASES))
+def test_neighbor_list_matches_brute_force_and_ase(case):
+    atoms = NEIGHBOR_CASES[case]()
+    cutoff = 4.0
+    if atoms.pbc.any():
+        assert min(atoms.cell.cellpar()[:3][atoms.pbc]) < 2 * cutoff  # several images per pair
+    ours = nnpes_pairs(atoms, cutoff)
+    assert ours == brute_force_pairs(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+    i, j, shifts = ase_neighbor_list("ijS", atoms, cutoff)
+    assert ours == {(int(a), int(b), tuple(int(s) for s in c)) for a, b, c in zip(i, j, shifts)}
+    assert len(ours) > len(atoms)
+
+
+def test_neighbor_list_edge_vectors_follow_the_documented_convention():
+    atoms = _triclinic_small_cell()
+    cutoff = 4.0
+    nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+    r = atoms.positions[nl.senders] - atoms.positions[nl.receivers] + nl.shifts @ atoms.cell.array
+    assert np.all(np.linalg.norm(r, axis=1) < cutoff)
+    # every edge has its reverse (j → i with the opposite shift)
+    edges = {(int(s), int(t), tuple(int(x) for x in k)) for s, t, k in zip(nl.senders, nl.receivers, nl.shifts)}
+    assert all((t, s, tuple(-x for x in k)) in edges for s, t, k in edges)
+
+
+# -- buckets and batches -----------------------------------------------------------------------------
+def test_bucket_is_at_least_n_with_at_most_25_percent_padding():
+    sizes = np.arange(1, 20001)
+    buckets = np.array([bucket(n) for n in sizes])
+    assert np.all(buckets >= sizes)
+    assert np.all(buckets[7:] <= 1.25 * sizes[7:])
+    assert np.all(buckets[:8] == 8)
+    assert np.all(np.diff(buckets) >= 0)
+    assert all(bucket(b) == b for b in set(buckets.tolist()))
+    assert len(set(buckets.tolist())) <= 4 * 12  # a handful per octave: few compilations
+
+
+def _labelled_graphs():
+    eth = ase.build.molecule("CH3CH2OH")
+    eth.calc = SinglePointCalculator(eth, energy=-10.0, forces=np.ones((9, 3)))
+    cu = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True)
+    cu.calc = SinglePointCalculator(cu, energy=-14.0, forces=np.zeros((4, 3)), stress=np.arange(6.0) * 0.01)
+    bare = ase.build.molecule("H2O")
+    return [frame_to_graph(frame_from_atoms(a), 3.0, (1, 6, 8, 29)) for a in (eth, cu, bare)]
+
+
+@pytest.mark.parametrize("extra", [(0, 0, 0), (5, 17, 2)], ids=["default", "extra_graphs"])
+def test_batch_masks_separate_real_and_padding(extra):
+    graphs = _labelled_graphs()
+    n_node, n_edge, n_graph = (a + b for a, b in zip(pad_sizes(graphs), extra))
+    batch = batch_graphs(graphs, n_node, n_edge, n_graph, dtype=np.float64)
+    real_nodes = sum(g.n_node for g in graphs)
+    real_edges = sum(g.n_edge for g in graphs)
+
+    assert batch.nodes["positions"].shape == (n_node, 3) and batch.senders.shape == (n_edge,)
+    assert batch.n_node.sum() == n_node and batch.n_edge.sum() == n_edge and len(batch.n_node) == n_graph
+    node_mask = np.asarray(jraph.get_node_padding_mask(batch))
+    edge_mask = np.asarray(jraph.get_edge_padding_mask(batch))
+    assert node_mask.sum() == real_nodes and node_mask[:real_nodes].all()
+    assert edge_mask.sum() == real_edges and edge_mask[:real_edges].all()
+    # padding edges join padding nodes only; real edges join real nodes of the same graph
+    assert np.all(batch.senders[real_edges:] >= real_nodes) and np.all(batch.receivers[real_edges:] >= real_nodes)
+    node_graph = np.repeat(np.arange(n_graph), batch.n_node)
+    edge_graph = np.repeat(np.arange(n_graph), batch.n_edge)
+    assert np.all(node_graph[batch.senders] == edge_graph) and np.all(node_graph[batch.receivers] == edge_graph)
+    # labels: flags exactly where a label exists; padding and empty graphs carry none
+    g = batch.globals
+    np.testing.assert_array_equal(g["has_energy"][:3], [1, 1, 0])
+    np.testing.assert_array_equal(g["has_forces"][:3], [1, 1, 0])
+    np.testing.assert_array_equal(g["has_stress"][:3], [0, 1, 0])
+    for key in ("has_energy", "has_forces", "has_stress", "energy"):
+        assert np.all(g[key][3:] == 0)
+    assert np.all(batch.nodes["forces"][real_nodes:] == 0)
+    np.testing.assert_array_equal(g["cell"][0], np.zeros((3, 3)))  # molecule: no cell
+    np.testing.assert_allclose(g["cell"][1], 3.6 * np.eye(3))
+    np.testing.assert_array_equal(batch.nodes["species"][:9], species_indices(graphs[0].numbers, (1, 6, 8, 29)))
+
+
+def test_batch_with_too_little_padding_is_refused():
+    graphs = _labelled_graphs()
+    n_node, n_edge, n_graph = pad_sizes(graphs)
+    real_nodes = sum(g.n_node for g in graphs)
+    with pytest.raises(ValueError):
+        batch_graphs(graphs, n_node=real_nodes)  # no room for the padding node
+    with pytest.raises(ValueError):
+        batch_graphs(graphs, n_graph=len(graphs))  # no padding graph
+
+
+def test_pad_sizes_leave_room_for_one_padding_node_and_graph():
+    graphs = _labelled_graphs()
+    n_node, n_edge, n_graph = pad_sizes(graphs)
+    assert n_node > sum(g.n_node for g in graphs) and n_edge >= sum(g.n_edge for g in graphs)
+    assert n_graph == len(graphs) + 1
