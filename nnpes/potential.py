@@ -61,8 +61,9 @@ class Potential(struct.PyTreeNode):
         e0_method: str | None = None,
         scale=1.0,
         avg_num_neighbors: float = 1.0,
+        params=None,
     ) -> "Potential":
-        """A potential with random weights.
+        """A potential with random weights (or the given ``params``).
 
         Args:
             model: an ``nnpes.models`` module with its hyper-parameters (cutoff, number of
@@ -74,6 +75,8 @@ class Potential(struct.PyTreeNode):
                 atomic_numbers; zero when None.
             scale: eV, a number or one per species.
             avg_num_neighbors: mean neighbour count of the training data (message normaliser).
+            params: flax variables to use instead of a random initialisation (as ``load`` does;
+                initialising a large equivariant model eagerly takes seconds).
         """
         numbers = tuple(sorted({int(z) for z in np.asarray(atomic_numbers).reshape(-1)}))
         if not numbers or numbers[0] < 1 or numbers[-1] > 118:
@@ -81,7 +84,8 @@ class Potential(struct.PyTreeNode):
         if not cutoff > 0:
             raise ModelError(f"cutoff must be > 0 Å, got {cutoff}")
         model = model.clone(cutoff=float(cutoff), num_species=len(numbers), avg_num_neighbors=float(avg_num_neighbors))
-        params = model.init(jax.random.PRNGKey(seed), *_example_inputs(cutoff))
+        if params is None:
+            params = model.init(jax.random.PRNGKey(seed), *_example_inputs(cutoff))
         s = len(numbers)
         if e0 is None:
             e0_arr, method = np.zeros(s), "zero"
@@ -195,13 +199,18 @@ def load(directory: str | os.PathLike) -> Potential:
     if family not in FAMILIES:
         raise ModelError(f"{meta_path}: unknown model family {family!r}, expected one of {sorted(FAMILIES)}")
     hyper = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["hyperparameters"].items()}
-    potential = Potential.create(FAMILIES[family](**hyper), meta["atomic_numbers"], meta["cutoff_a"],
-                                 e0=meta["e0_ev"], e0_method=meta["e0_method"], scale=meta["scale_ev"],
-                                 avg_num_neighbors=meta["avg_num_neighbors"])
     params_path = os.path.join(directory, "params.msgpack")
     try:
         with open(params_path, "rb") as f:
-            params = flax.serialization.from_bytes(potential.params, f.read())
+            params = flax.serialization.msgpack_restore(f.read())
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{params_path}: cannot restore parameters ({type(e).__name__}: {e})") from None
-    return potential.replace(params=jax.tree.map(jnp.asarray, params))
+    if not isinstance(params, dict) or "params" not in params:
+        raise ModelError(f"{params_path}: not a flax parameter file")
+    try:
+        model = FAMILIES[family](**hyper)
+    except TypeError as e:
+        raise ModelError(f"{meta_path}: hyper-parameters do not fit family {family!r} ({e})") from None
+    return Potential.create(model, meta["atomic_numbers"], meta["cutoff_a"], e0=meta["e0_ev"],
+                            e0_method=meta["e0_method"], scale=meta["scale_ev"],
+                            avg_num_neighbors=meta["avg_num_neighbors"], params=jax.tree.map(jnp.asarray, params))

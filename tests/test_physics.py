@@ -2,8 +2,8 @@
 
 Property tests run in float64 on tiny random-weight potentials (tests/families.py), one per
 family, shared by the whole module so each padded shape compiles once. Every comparison uses
-absolute differences against a tolerance, and each law is paired with a check that the
-quantities compared are not trivially zero, so that no test can pass vacuously.
+absolute differences against a tolerance, and the test structures are checked to give non-zero
+forces, stresses and interactions, so that no law is satisfied vacuously.
 """
 
 from __future__ import annotations

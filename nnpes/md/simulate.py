@@ -330,7 +330,7 @@ class MDResult:
         """CSV: time_fs, epot_ev, ekin_ev, etot_ev, temperature_k, pressure_bar, volume_a3."""
         cols = np.column_stack([self.time_fs, self.epot, self.ekin, self.etot, self.temperature_k,
                                 self.pressure_bar, self.volume_a3])
-        np.savetxt(path, cols, delimiter=",", fmt="%.10g", comments="",
+        np.savetxt(path, cols, delimiter=",", fmt="%.15g", comments="",
                    header="time_fs,epot_ev,ekin_ev,etot_ev,temperature_k,pressure_bar,volume_a3")
 
 
@@ -500,6 +500,7 @@ def run_ase(potential: Potential, atoms, steps: int, options: MDOptions | None =
     """The same simulation with ASE's integrators and :class:`nnpes.Calculator` (any cell,
     small periodic cells and mixed boundary conditions included; slower: one host round trip
     per step). NVT Nosé–Hoover uses ``NoseHooverChainNVT``, NPT ``IsotropicMTKNPT``."""
+    from ase.constraints import FixCom
     from ase.md.langevin import Langevin
     from ase.md.nose_hoover_chain import IsotropicMTKNPT, NoseHooverChainNVT
     from ase.md.verlet import VelocityVerlet
@@ -523,7 +524,8 @@ def run_ase(potential: Potential, atoms, steps: int, options: MDOptions | None =
     elif options.thermostat == "nose-hoover":
         dyn = NoseHooverChainNVT(atoms, dt, temperature_K=options.temperature_k, tdamp=tau_t)
     else:
-        dyn = Langevin(atoms, dt, temperature_K=options.temperature_k, friction=1.0 / tau_t, fixcm=True,
+        atoms.set_constraint(FixCom())  # the centre of mass stays put: 3N − 3 degrees of freedom
+        dyn = Langevin(atoms, dt, temperature_K=options.temperature_k, friction=1.0 / tau_t, fixcm=False,
                        rng=np.random.default_rng(options.seed))
     compiled_before = TRACE_COUNT["energy_forces_stress"]
     frames, t0 = [], time.perf_counter()
