@@ -31,12 +31,10 @@ import datetime
 import json
 import os
 import platform
-import resource
-import signal
-import statistics
-import subprocess
 import sys
 import time
+
+from _harness import emit, fmt, median_ms, peak_rss_mb, run_limited, worker_command
 
 CASES = ("nnpes-default", "nnpes-peer", "jaxmd-peer")
 SIZES = (108, 256, 864, 2048)  # fcc Cu: 4·n³ atoms for n = 3, 4, 6, 8
@@ -70,15 +68,6 @@ def copper(n_atoms: int):
     atoms.rattle(RATTLE_A, seed=0)
     atoms.wrap()
     return atoms
-
-
-def median_ms(fn, repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times), times
 
 
 def run_nnpes(case: str, atoms, repeats: int) -> dict:
@@ -168,51 +157,14 @@ def run_jaxmd(atoms, repeats: int) -> dict:
 def worker(case: str, n_atoms: int, repeats: int) -> None:
     atoms = copper(n_atoms)
     result = run_jaxmd(atoms, repeats) if case.startswith("jaxmd") else run_nnpes(case, atoms, repeats)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(result), flush=True)
+    result["peak_rss_mb"] = peak_rss_mb()
+    emit(result)
 
 
 # -- driver ------------------------------------------------------------------------------------
-_OOM_SIGNS = ("MemoryError", "RESOURCE_EXHAUSTED", "std::bad_alloc", "Out of memory", "out of memory",
-              "Cannot allocate memory", "Resource exhausted", "failed to map segment", "mmap")
-_MEMORY_SIGNALS = (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS)
-
-
 def run_case(case: str, n_atoms: int, args) -> dict:
-    limit = int(args.memory_gb * 2**30)
-
-    def set_limits():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, str(n_atoms), "--repeats", str(args.repeats)]
-    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), JAX_ENABLE_X64="0")
-    record = {"case": case, "atoms": n_atoms}
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, preexec_fn=set_limits, env=env)
-    except subprocess.TimeoutExpired:
-        return {**record, "status": f"timeout (> {args.timeout:.0f} s)", "wall_s": time.perf_counter() - start}
-    record["wall_s"] = time.perf_counter() - start
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode == 0 and lines:
-        return {**record, "status": "ok", **json.loads(lines[-1][len("RESULT "):])}
-    text = proc.stderr + proc.stdout
-    if any(sign in text for sign in _OOM_SIGNS):
-        return {**record, "status": "oom", "detail": _last_line(text, proc.returncode)}
-    if proc.returncode < 0 and -proc.returncode in _MEMORY_SIGNALS:
-        # under an address-space limit, failed allocations in XLA's C++ surface as these signals
-        name = signal.Signals(-proc.returncode).name
-        return {**record, "status": "oom", "detail": f"{name} under the {args.memory_gb:g} GiB address-space limit"}
-    return {**record, "status": f"error: {_last_line(text, proc.returncode)}"}
-
-
-def _last_line(text: str, returncode: int) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else f"exit code {returncode}"
-
-
-def fmt(value, spec: str) -> str:
-    return format(value, spec) if isinstance(value, (int, float)) else "-"
+    cmd = worker_command(__file__, case, str(n_atoms), "--repeats", str(args.repeats))
+    return {"case": case, "atoms": n_atoms, **run_limited(cmd, args.timeout, args.memory_gb)}
 
 
 def table(results: list[dict]) -> str:

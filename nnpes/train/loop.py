@@ -249,7 +249,7 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     writer = _tensorboard(workdir) if t.tensorboard else None
 
     elapsed0 = float(state["elapsed_s"])
-    t_session = time.perf_counter()
+    t_session = t_start  # the budget counts data loading, statistics and compilation too
     shapes: set = set()
     traces0 = TRACE_COUNT["train_step"]
     stop_reason = "max_steps" if t.max_steps is not None else "max_epochs"

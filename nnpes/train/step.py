@@ -41,7 +41,7 @@ def make_train_step(potential: Potential, optimizer: optax.GradientTransformatio
             # warm-up of the EMA decay so early parameters do not dominate
             d = jnp.minimum(ema_decay, (1.0 + state["step"]) / (10.0 + state["step"])).astype(jnp.float32)
             new["ema"] = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), state["ema"], params)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         for name in ("energy", "forces", "stress"):
             if name in sums:
                 metrics[f"{name}_mse"] = sums[name] / jnp.maximum(sums[f"{name}_count"], 1.0)
