@@ -92,12 +92,14 @@ def jax_md_nequip_steps_per_s(atoms, kind, steps, dt_fs, dtype):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="trained nnpes model directory (random NequIP when absent)")
+    parser.add_argument("--model", help="trained nnpes model directory for every system (random NequIP when absent)")
+    parser.add_argument("--system-model", action="append", default=[], metavar="SYSTEM=DIR",
+                        help="model directory for one system (e.g. water192=runs/water/model); wins over --model")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--dt", type=float, default=0.5, help="fs")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     parser.add_argument("--systems", default="ethanol,water192")
-    parser.add_argument("--json", default="md_benchmark.json")
+    parser.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "md.json"))
     args = parser.parse_args(argv)
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -106,11 +108,12 @@ def main(argv=None) -> int:
 
     from nnpes.md.simulate import MDOptions, run, simulation
 
+    per_system = dict(item.split("=", 1) for item in args.system_model)
     rows = []
     for name in args.systems.split(","):
         filename, kind = SYSTEMS[name]
         atoms = ase.io.read(DATA / filename, 0)
-        potential, origin = nnpes_model(atoms.numbers, args.model)
+        potential, origin = nnpes_model(atoms.numbers, per_system.get(name, args.model))
         options = MDOptions(ensemble="nve", dt_fs=args.dt, temperature_k=300.0, dtype=args.dtype,
                             every=max(1, args.steps // 100))
         sim = simulation(potential, atoms, options)
@@ -134,6 +137,7 @@ def main(argv=None) -> int:
               f"{r['steps_per_s']:9.1f} {r['ns_per_day']:8.3f} {r['jax_md_nequip_steps_per_s']:22.1f}")
     meta = {"device": str(jax.devices()[0]), "nnpes_model": {"channels": CHANNELS, "l_max": L_MAX,
                                                               "num_layers": LAYERS, "cutoff_a": CUTOFF}}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "results": rows}, f, indent=2)
     return 0
