@@ -245,3 +245,16 @@ def test_readme_config_reference_is_generated_from_the_config_classes():
     with open(os.path.join(root, "README.md")) as f:
         readme = f.read()
     assert reference_markdown() in readme, "README config reference is stale: regenerate it with `nnpes config`"
+
+
+def test_training_fits_behler_parrinello_standardisation_on_the_training_data(tmp_path):
+    from nnpes.train.loop import build_potential, load_datasets
+
+    model = {"family": "behler_parrinello", "cutoff": 4.0, "num_radial": 4, "zetas": [1], "lambdas": [1, -1],
+             "hidden_features": [8]}
+    cfg = load_config(raw=tiny_config(tmp_path, model=model) | {"model": model})
+    train_frames, _, _ = load_datasets(cfg)
+    potential, _ = build_potential(cfg, train_frames)
+    mean, std = np.asarray(potential.model.feature_mean), np.asarray(potential.model.feature_std)
+    assert mean.size > 0 and mean.shape == std.shape
+    assert np.all(np.isfinite(mean)) and np.all(std > 0) and np.any(mean != 0)

@@ -25,6 +25,7 @@ from nnpes.data.io import Frame, read_frames
 from nnpes.data.statistics import fit_e0, force_rms, mean_neighbors
 from nnpes.errors import ConfigError, DataError
 from nnpes.evaluate import error_metrics, predict_graphs, validation_loss
+from nnpes.models import fit_to_data
 from nnpes.physics import TRACE_COUNT as PHYSICS_TRACES
 from nnpes.potential import Potential
 from nnpes.train import checkpoint
@@ -99,6 +100,7 @@ def build_potential(cfg: Config, train: Sequence[Frame], extra: Sequence[Frame] 
     probe = [frame_to_graph(f, cutoff, numbers) for f in train[:1000]]
     potential = Potential.create(model, numbers, cutoff, cfg.seed, e0=e0, e0_method=method, scale=scale,
                                  avg_num_neighbors=mean_neighbors(probe))
+    potential = potential.replace(model=fit_to_data(potential.model, probe))
     report = (f"E0 ({method}): " + ", ".join(f"Z={z}: {e:.4f} eV" for z, e in zip(numbers, e0))
               + f"; scale {scale:.4f} eV (force RMS); mean neighbours {potential.avg_num_neighbors:.2f}")
     return potential, report
