@@ -22,11 +22,10 @@ import nnpes
 from nnpes.errors import ModelError, NnpesError
 from nnpes.models.radial import polynomial_envelope
 
-jax_md = pytest.importorskip("jax_md")
-from jax_md import quantity, space  # noqa: E402
+from jax_md import quantity, space
 
-from nnpes.md import BoxTooSmallError, MDOptions, energy_neighbor_list, run, run_ase, run_md, simulation  # noqa: E402
-from nnpes.md.simulate import FS, KB  # noqa: E402
+from nnpes.md import BoxTooSmallError, MDOptions, energy_neighbor_list, run, run_ase, run_md, simulation
+from nnpes.md.simulate import FS, KB
 
 E0 = {1: -13.6, 6: -1029.5, 8: -2041.2}  # realistic magnitudes: totals must still agree to round-off
 
@@ -298,16 +297,11 @@ def trained_ethanol_model(tmp_path_factory):
     import os
     from pathlib import Path
 
+    from nnpes.train import load_config, train
+
     if os.environ.get("NNPES_TRAINED_ETHANOL_MODEL"):
         return nnpes.load(os.environ["NNPES_TRAINED_ETHANOL_MODEL"])
-    try:
-        from nnpes.train import load_config, train
-    except ImportError:
-        pytest.skip("nnpes.train is not available: the NVE check with a trained model is skipped; "
-                    "test_nve_energy_drift_tiny_random_model_ethanol checks drift meanwhile")
     config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
-    if not config.is_file():
-        pytest.skip(f"{config} not found")
     workdir = tmp_path_factory.mktemp("quickstart")
     result = train(load_config(config, overrides=["training.progress=false", "training.max_steps=2000"], workdir=str(workdir)))
     return nnpes.load(result.model_dir)
