@@ -352,5 +352,5 @@ def _tensorboard(workdir: str):
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
-        raise ConfigError("training.tensorboard: needs the tensorboardX package (pip install -e ".[tensorboard]")") from None
+        raise ConfigError("training.tensorboard: needs the tensorboardX package (pip install -e '.[tensorboard]')") from None
     return SummaryWriter(os.path.join(workdir, "tensorboard"))
