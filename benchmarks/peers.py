@@ -1,7 +1,7 @@
 """Accuracy of peer frameworks at the quick start's budget: nnpes vs apax (GMNN) vs mlip (MACE).
 
-    .venv/bin/python benchmarks/peers.py --apax-python /work/peer-venvs/apax/bin/python \
-        --mlip-python /work/peer-venvs/mlip/bin/python [--budget-s 180] [--json FILE]
+    .venv/bin/python benchmarks/peers.py [--apax-python ../peer-venvs/apax/bin/python]
+        [--mlip-python ../peer-venvs/mlip/bin/python] [--budget-s 180] [--json FILE]
 
 Every framework trains on the 100 rMD17 ethanol frames shipped in nnpes
 (``nnpes/data/files/ethanol_train.xyz``: energies eV, forces eV/Å) under the same wall-clock
@@ -11,30 +11,37 @@ wall-clock of each training subprocess (interpreter start to exit, s), the energ
 molecule (meV) and the force-component MAE (meV/Å); the JSON (--json) adds the settings.
 
 Rows:
-    nnpes  ``python -m nnpes train configs/quickstart.yaml --workdir DIR
-           training.time_budget_s=BUDGET training.progress=false`` (NequIP, 16 channels, l ≤ 2,
-           2 layers; its own seeded 90 / 10 split), then ``python -m nnpes evaluate DIR/model
-           TEST --json FILE``. The budget counts from the start of ``train()``.
-    apax   apax 0.14.0, its default GMNN model (``apax template train --full`` settings:
-           batch 4, forces weight 4, cyclic-cosine learning rate, r_c 5 Å), trained with
-           ``apax.train.run.run(config)`` on the first 90 frames, validated on the last 10.
-           apax has no time-budget option, so ``n_epochs`` is set to 100 000 and the worker
-           exits (``os._exit``) once the budget, counted from after its imports, is spent;
-           apax saves the best-validation checkpoint (``best/``) after every improving epoch,
-           and the test set is predicted from it with ``apax.md.ASECalculator.batch_eval``.
-    mlip   InstaDeep mlip 0.2.5, a small MACE (32 channels, l ≤ 2, 2 layers, correlation 3,
-           r_c 5 Å), its default loss (MSE, energy weight 1, forces 25) and optimizer
-           (``get_default_mlip_optimizer``), batch 4, same 90 / 10 frames. The budget is kept
-           by a logger attached to its ``TrainingIOHandler``: after each epoch's validation
-           it stops the ``TrainingLoop`` when the next epoch would end past the budget
-           (counted from after the imports); ``TrainingLoop.best_model`` (best validation,
-           EMA parameters) is saved with ``save_model_to_zip`` and predicted with
-           ``run_batched_inference``.
+    nnpes  ``python -P -m nnpes train configs/quickstart.yaml --workdir DIR
+           training.time_budget_s=BUDGET training.progress=false`` (NequIP, 16 channels, l <= 2,
+           2 layers; its own seeded 90 / 10 split of the same 100 frames), then ``python -P -m
+           nnpes evaluate DIR/model TEST --json FILE``. The budget counts from the start of
+           ``train()``; it stops there or at the config's 12 000 steps, whichever comes first.
+           (-P: the interpreter's installed nnpes, not a ./nnpes in the cwd.)
+    apax   apax 0.14.0, its default GMNN model (nn 256x256, 5 radial, 8 contractions, 16 Bessel
+           functions, r_c 5 A) and the settings of ``apax template train --full`` (batch 4,
+           forces weight 4, cyclic-cosine learning rate), trained by ``apax.train.run.run``.
+           apax has no time-budget option, so ``n_epochs`` is 100 000 and the worker leaves
+           (``os._exit``) when the budget, counted from after its imports, is spent. apax saves
+           the best-validation checkpoint (``best/``, orbax: written to a temporary folder,
+           then renamed) after every improving epoch; the test set is predicted from it with
+           ``apax.md.ASECalculator.batch_eval``.
+    mlip   InstaDeep mlip 0.2.5, a small MACE (32 channels, l <= 2, 2 layers, correlation 3,
+           r_c 5 A), its default loss (MSE, energy weight 1, forces 25) and optimizer
+           (``get_default_mlip_optimizer``: AMSGrad, learning rate 0.01), batch 4. The
+           budget is kept by a logger attached to its ``TrainingIOHandler``: after each
+           epoch's validation it stops the ``TrainingLoop`` (by raising) when one more epoch
+           as long as the last would end past the budget (counted from after the imports).
+           ``TrainingLoop.best_model`` (best validation, EMA parameters) is saved with
+           ``save_model_to_zip`` and predicted with ``run_batched_inference``. mlip builds its
+           parameters un-jitted (about a thousand small XLA compilations), which the budget
+           counts like any compilation.
+
+Peers train on the first 90 frames of the file and validate on the last 10.
 
 Each peer lives in its own virtualenv, so that their dependencies (tensorflow for apax, ...)
 stay out of nnpes's:
-    python3 -m venv /work/peer-venvs/apax && /work/peer-venvs/apax/bin/pip install apax==0.14.0
-    python3 -m venv /work/peer-venvs/mlip && /work/peer-venvs/mlip/bin/pip install mlip==0.2.5
+    python3 -m venv ../peer-venvs/apax && ../peer-venvs/apax/bin/pip install apax==0.14.0
+    python3 -m venv ../peer-venvs/mlip && ../peer-venvs/mlip/bin/pip install mlip==0.2.5
 A peer whose interpreter is missing is recorded as "not installed". Peer code runs as
 ``PEER_PYTHON benchmarks/peers.py --worker KIND ...``; the worker path imports only numpy,
 ase, the peer and ``_harness`` (standard library). The MAEs are computed here, by the same
@@ -48,6 +55,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import threading
 import time
@@ -58,7 +66,8 @@ from _harness import emit, fmt, run_limited
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_XYZ = os.path.join(ROOT, "nnpes", "data", "files", "ethanol_train.xyz")
-TEST_XYZ = "/work/shared/data/rmd17/ethanol_test.xyz"
+TEST_XYZ = os.path.join(os.path.dirname(ROOT), "shared", "data", "rmd17", "ethanol_test.xyz")
+PEER_VENVS = os.path.join(os.path.dirname(ROOT), "peer-venvs")  # beside the repository
 N_TRAIN = 90  # peers: frames [0, 90) train, [90, 100) validation
 CUTOFF_A = 5.0
 BATCH_SIZE = 4  # as nnpes's quick start
@@ -98,16 +107,26 @@ def apax_train(workdir: str, budget_s: float) -> None:
         "progress_bar": {"disable_epoch_pbar": True},
     }
 
+    def summary(stop: str) -> dict:
+        model_dir = os.path.join(workdir, "apax")
+        best_dir, log_csv = os.path.join(model_dir, "best"), os.path.join(model_dir, "log.csv")
+        best = [int(d) for d in os.listdir(best_dir) if d.isdigit()] if os.path.isdir(best_dir) else []
+        epochs = max(0, sum(1 for _ in open(log_csv)) - 1) if os.path.isfile(log_csv) else 0
+        return {"stop": stop, "train_s": time.perf_counter() - t0, "epochs": epochs,
+                "best_epoch": max(best) if best else None, "apax_config": config}
+
     def stop():  # apax has no time budget: leave at it, the best checkpoint is on disk
-        emit({"stop": "time budget", "train_s": time.perf_counter() - t0, "apax_config": config})
-        os._exit(0)
+        try:
+            emit(summary("time budget"))
+        finally:
+            os._exit(0)
 
     timer = threading.Timer(max(0.0, budget_s - (time.perf_counter() - t0)), stop)
     timer.daemon = True
     timer.start()
     run(config)
     timer.cancel()
-    emit({"stop": "n_epochs", "train_s": time.perf_counter() - t0, "apax_config": config})
+    emit(summary("n_epochs"))
 
 
 def apax_predict(workdir: str, test_xyz: str, out: str) -> None:
@@ -126,12 +145,13 @@ def mlip_train(workdir: str, budget_s: float) -> None:
     from mlip.models import ForceField, Mace
     from mlip.models.loss import MSELoss
     from mlip.models.model_io import save_model_to_zip
-    from mlip.training import TrainingIOHandler, TrainingLoop, get_default_mlip_optimizer, log_metrics_to_line
+    from mlip.training import TrainingIOHandler, TrainingLoop, get_default_mlip_optimizer
     from mlip.training.training_io_handler import LogCategory
 
     t0 = time.perf_counter()
     frames = ase.io.read(TRAIN_XYZ, ":")
-    builder = GraphDatasetBuilder({"train": ASEAtomsReader(frames[:N_TRAIN]), "validation": ASEAtomsReader(frames[N_TRAIN:])},
+    readers = {"train": ASEAtomsReader(frames[:N_TRAIN]), "validation": ASEAtomsReader(frames[N_TRAIN:])}
+    builder = GraphDatasetBuilder(readers,
                                   GraphDatasetBuilder.Config(graph_cutoff_angstrom=CUTOFF_A, batch_size=BATCH_SIZE))
     splits = builder.get_datasets()
     force_field = ForceField.from_mlip_network(Mace(Mace.Config(**MACE), builder.dataset_info))
@@ -146,11 +166,11 @@ def mlip_train(workdir: str, budget_s: float) -> None:
             return
         now = time.perf_counter()
         last.update(epoch_s=now - last["t"], t=now, epoch=epoch)
-        if epoch > 0 and now - t0 + last["epoch_s"] > budget_s:
+        next_epoch_s = last["epoch_s"] if epoch >= 2 else 0.0  # epoch 1 includes the compilation
+        if epoch > 0 and now - t0 + next_epoch_s > budget_s:
             raise BudgetSpent
 
     io_handler = TrainingIOHandler()  # no checkpoints: the best parameters are kept in memory
-    io_handler.attach_logger(log_metrics_to_line)
     io_handler.attach_logger(budget_logger)
     loop = TrainingLoop(train_dataset=splits["train"], validation_dataset=splits["validation"], force_field=force_field,
                         loss=MSELoss(), optimizer=get_default_mlip_optimizer(),
@@ -177,7 +197,8 @@ def mlip_predict(workdir: str, test_xyz: str, out: str) -> None:
     emit({})
 
 
-WORKERS = {"apax-train": apax_train, "apax-predict": apax_predict, "mlip-train": mlip_train, "mlip-predict": mlip_predict}
+WORKERS = {"apax-train": apax_train, "apax-predict": apax_predict,
+           "mlip-train": mlip_train, "mlip-predict": mlip_predict}
 
 
 # -- driver (nnpes's interpreter) --------------------------------------------------------------
@@ -205,11 +226,16 @@ def run_nnpes(python: str, args, workdir: str) -> dict:
     train = run_limited([python, "-P", "-m", "nnpes", "train", os.path.join(ROOT, "configs", "quickstart.yaml"),
                          "--workdir", workdir, f"training.time_budget_s={args.budget_s:g}", "training.progress=false"],
                         args.budget_s + args.slack_s, args.memory_gb)
-    row = {"framework": "nnpes (NequIP)", "train_status": train["status"], "train_wall_s": train["wall_s"]}
-    if not os.path.isdir(os.path.join(workdir, "model")):
+    row = {"framework": "nnpes (NequIP)", "train_wall_s": train["wall_s"]}
+    result_json = os.path.join(workdir, "result.json")  # nnpes train prints no RESULT line: read its summary
+    if not os.path.isfile(result_json):
         return {**row, "status": f"train {train['status']}"}
+    with open(result_json) as f:
+        result = json.load(f)
+    row.update(stop=result["stop_reason"], train_s=result["elapsed_s"], steps=result["step"], epochs=result["epochs"])
     metrics_json = os.path.join(workdir, "evaluate.json")
-    ev = run_limited([python, "-P", "-m", "nnpes", "evaluate", os.path.join(workdir, "model"), args.test, "--json", metrics_json],
+    ev = run_limited([python, "-P", "-m", "nnpes", "evaluate", os.path.join(workdir, "model"), args.test,
+                      "--json", metrics_json],
                      args.predict_timeout_s, args.memory_gb)
     if not os.path.isfile(metrics_json):
         return {**row, "status": f"evaluate {ev['status']}"}
@@ -230,6 +256,8 @@ def run_peer(name: str, label: str, python: str | None, args, workdir: str, ref)
                **{k: v for k, v in train.items() if k not in ("status", "wall_s")})
     if train["status"] != "ok":
         return {**row, "status": f"train {train['status']}"}
+    if train.get("best_epoch", 0) is None:
+        return {**row, "status": "no epoch finished within the budget"}
     pred_npz = os.path.join(workdir, "test_predictions.npz")
     pred = run_limited([python, script, "--worker", f"{name}-predict", workdir, args.test, pred_npz],
                        args.predict_timeout_s, args.memory_gb)
@@ -245,8 +273,8 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget-s", type=float, default=180.0, help="training wall-clock budget per framework, s")
-    p.add_argument("--apax-python", default="/work/peer-venvs/apax/bin/python", help="interpreter of apax's venv")
-    p.add_argument("--mlip-python", default="/work/peer-venvs/mlip/bin/python", help="interpreter of mlip's venv")
+    p.add_argument("--apax-python", default=os.path.join(PEER_VENVS, "apax", "bin", "python"), help="interpreter of apax's venv")
+    p.add_argument("--mlip-python", default=os.path.join(PEER_VENVS, "mlip", "bin", "python"), help="interpreter of mlip's venv")
     p.add_argument("--nnpes-python", default=sys.executable, help="interpreter with nnpes installed")
     p.add_argument("--frameworks", nargs="+", default=["nnpes", "apax", "mlip"])
     p.add_argument("--test", default=TEST_XYZ, help="labelled test set (extxyz)")
@@ -260,10 +288,7 @@ def main() -> None:
     rows = []
     for name in args.frameworks:  # one after another: each training gets both cores
         workdir = os.path.join(args.workdir, name)
-        if os.path.exists(workdir):
-            import shutil
-
-            shutil.rmtree(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
         os.makedirs(workdir)
         if name == "nnpes":
             rows.append(run_nnpes(args.nnpes_python, args, workdir))
@@ -275,8 +300,8 @@ def main() -> None:
     print(f"\nrMD17 ethanol, 90 + 10 training frames, {args.budget_s:g} s budget, tested on {len(ref[0])} frames")
     print(f"{'framework':22s} {'train s':>8s} {'E MAE meV':>10s} {'F MAE meV/Å':>12s}  status")
     for r in rows:
-        print(f"{r['framework']:22s} {fmt(r.get('train_wall_s'), '8.1f')} {fmt(r.get('energy_mae_mev'), '10.2f')} "
-              f"{fmt(r.get('forces_mae_mev_per_a'), '12.2f')}  {r['status']}")
+        print(f"{r['framework']:22s} {fmt(r.get('train_wall_s'), '.1f'):>8s} "
+              f"{fmt(r.get('energy_mae_mev'), '.2f'):>10s} {fmt(r.get('forces_mae_mev_per_a'), '.2f'):>12s}  {r['status']}")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
             "cpu_count": os.cpu_count(), "budget_s": args.budget_s, "train_data": TRAIN_XYZ, "test_data": args.test,
