@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from nnpes.data.graph import FrameGraph, batch_graphs, bucket, frame_to_graph
+from nnpes.data.graph import FrameGraph, batch_graphs, common_pad_sizes, frame_to_graph
 from nnpes.data.io import Frame
 from nnpes.physics import evaluate
 from nnpes.potential import Potential
@@ -26,17 +26,16 @@ def predict_graphs(potential: Potential, graphs: Sequence[FrameGraph], batch_siz
         compute_stress = any(np.abs(np.linalg.det(g.cell)) > 1e-6 for g in graphs)
     dtype = potential.dtype
     chunks = [graphs[i:i + batch_size] for i in range(0, len(graphs), batch_size)]
-    n_node = bucket(max(sum(g.n_node for g in c) for c in chunks) + 1)
-    n_edge = bucket(max(sum(g.n_edge for g in c) for c in chunks))
+    n_node, n_edge, n_graph = common_pad_sizes(chunks, batch_size)
     out = []
     for chunk in chunks:
-        batch = batch_graphs(chunk, n_node, n_edge, batch_size + 1, dtype=dtype)
+        batch = batch_graphs(chunk, n_node, n_edge, n_graph, dtype=dtype)
         pred = jax.device_get(evaluate(potential, batch, compute_stress=compute_stress))
         node0 = 0
         for i, g in enumerate(chunk):
-            reference = potential.reference_energy(g.numbers) if g.numbers is not None else 0.0
+            numbers = g.numbers if g.numbers is not None else np.zeros(0, int)
             item = {
-                "energy": float(np.float64(pred["interaction_energy"][i])) + reference,
+                "energy": potential.total_energy(pred["interaction_energy"][i], numbers),
                 "forces": np.asarray(pred["forces"][node0:node0 + g.n_node], np.float64),
             }
             if compute_stress:

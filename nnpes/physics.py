@@ -13,11 +13,12 @@ import jax
 import jax.numpy as jnp
 import jraph
 
+from nnpes import compilation
+from nnpes.models.base import safe_vector
+from nnpes.terms import TermInputs
+
 if TYPE_CHECKING:
     from nnpes.potential import Potential
-
-# Incremented while tracing: each increment is one XLA compilation of the energy function.
-TRACE_COUNT = {"energy_forces_stress": 0}
 
 _VOLUME_EPS = 1e-6  # Å^3; below this a graph is a molecule or padding and has no stress
 
@@ -45,26 +46,29 @@ def safe_edges(vectors: jnp.ndarray, edge_mask: jnp.ndarray, cutoff: float):
     the gradient). Returns (safe vectors, mask)."""
     r2 = jnp.sum(vectors**2, axis=-1)
     mask = edge_mask & (r2 < cutoff**2) & (r2 > 0)
-    dummy = jnp.asarray([0.5 * cutoff, 0.0, 0.0], vectors.dtype)
-    return jnp.where(mask[:, None], vectors, dummy), mask
+    return jnp.where(mask[:, None], vectors, safe_vector(cutoff, vectors.dtype)), mask
 
 
-def site_energies_from_vectors(potential: "Potential", vectors, species, senders, receivers, edge_mask):
+def site_energies_from_vectors(potential: Potential, vectors, species, senders, receivers, edge_mask, *,
+                               positions=None, cell=None, node_graph=None):
     """(interaction, reference) site energies, eV, each (N,), from raw edge vectors r_ij (E, 3) Å.
 
     Edges that are padding (edge_mask False) or beyond the cutoff are masked here, so callers
     (:func:`total_energy`, the jax-md adaptor) may pass any superset of the true pairs.
+    ``positions`` (N, 3) Å, ``cell`` (G, 3, 3) Å and ``node_graph`` (N,) are handed to the
+    potential's physical terms that need the whole cell (see :class:`nnpes.terms.TermInputs`).
     """
     vectors, edge_mask = safe_edges(vectors, edge_mask, potential.cutoff)
-    return potential.site_energies(potential.params, vectors, species, senders, receivers, edge_mask)
+    inputs = TermInputs(vectors, edge_mask, species, senders, receivers, positions, cell, node_graph)
+    return potential.site_energies(potential.params, inputs)
 
 
-def total_energy(potential: "Potential", positions, cell, graph: jraph.GraphsTuple, strain=None):
+def total_energy(potential: Potential, positions, cell, graph: jraph.GraphsTuple, strain=None):
     """Per-graph energies (eV) of a padded graph at the given positions (Å) and cell (Å).
 
     Args:
-        strain: optional (G, 3, 3) symmetric strain ε applied to every edge vector,
-            r → r (1 + ε), as if positions and cell were both strained.
+        strain: optional (G, 3, 3) symmetric strain ε applied to positions, cell and hence
+            every edge vector, r → r (1 + ε).
 
     Returns:
         (energy (G,), interaction energy (G,) = energy minus reference energies E0,
@@ -76,12 +80,13 @@ def total_energy(potential: "Potential", positions, cell, graph: jraph.GraphsTup
     node_mask = jraph.get_node_padding_mask(graph)
     edge_mask = jraph.get_edge_padding_mask(graph)
 
-    vectors = edge_vectors(positions, cell, graph)
     if strain is not None:
-        edge_graph = graph_index(graph.n_edge, vectors.shape[0])
-        vectors = vectors + jnp.einsum("ei,eij->ej", vectors, strain[edge_graph])
+        positions = positions + jnp.einsum("ni,nij->nj", positions, strain[node_graph])
+        cell = cell + jnp.einsum("gki,gij->gkj", cell, strain)
+    vectors = edge_vectors(positions, cell, graph)
     interaction, reference = site_energies_from_vectors(potential, vectors, graph.nodes["species"], graph.senders,
-                                                        graph.receivers, edge_mask)
+                                                        graph.receivers, edge_mask, positions=positions, cell=cell,
+                                                        node_graph=node_graph)
     interaction = jnp.where(node_mask, interaction, 0.0)
     reference = jnp.where(node_mask, reference, 0.0)
     e_int = jax.ops.segment_sum(interaction, node_graph, n_graph)
@@ -107,7 +112,7 @@ def energy_forces_stress(potential: "Potential", graph: jraph.GraphsTuple, compu
         compute_stress: stress (G, 3, 3) eV/Å³ (zero for non-periodic and padding graphs),
         virial (G, 3, 3) eV = −∂E/∂ε.
     """
-    TRACE_COUNT["energy_forces_stress"] += 1
+    compilation.traced("energy_forces_stress")
     positions = graph.nodes["positions"]
     cell = graph.globals["cell"].astype(positions.dtype)
     n_graph = graph.n_node.shape[0]

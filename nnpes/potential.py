@@ -1,44 +1,44 @@
-"""Potential = model + parameters + cutoff + species table + reference energies and scale.
+"""Potential = model + parameters + cutoff + species table + reference energies + other terms.
 
-A :class:`Potential` is a pytree (parameters and per-species arrays are leaves; the model,
-cutoff and species table are static), so it passes straight through ``jit`` and ``grad``.
+A :class:`Potential` is a pytree (parameters, per-species arrays and term arrays are leaves;
+the model, cutoff and species table are static), so it passes straight through ``jit`` and
+``grad``. Its total energy is a sum of terms (:mod:`nnpes.terms`): the network's site
+energies (scale · output), the reference energies E0, and any further physical terms.
 Saved models are a directory: ``potential.json`` (everything but the weights) and
-``params.msgpack``.
+``params.msgpack``; reading and writing them is :mod:`nnpes.model_files`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import flax.linen as nn
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from nnpes.errors import ModelError
-
-FORMAT_VERSION = 1
-_FILLED_FIELDS = ("cutoff", "num_species", "avg_num_neighbors")
+from nnpes.models.base import FILLED_FIELDS, validate_hyperparameters
+from nnpes.model_files import FORMAT_VERSION  # noqa: F401  (re-exported)
+from nnpes.terms import Term, TermInputs
 
 
 class Potential(struct.PyTreeNode):
     """A machine-learned potential ready to evaluate.
 
     Attributes:
-        model: flax module (a family from ``nnpes.models``) producing one output per atom.
+        model: flax module (a family of ``nnpes.models`` or a user's module following the
+            contract of :mod:`nnpes.models.base`) producing one output per atom.
         params: its flax variables.
         e0: (S,) reference energy per species, eV (site energy of an isolated atom).
-        scale: (S,) energy scale per species, eV: site energy = scale·output + e0.
+        scale: (S,) energy scale per species, eV: network site energy = scale·output.
         atomic_numbers: the species table, sorted atomic numbers (index = species).
         cutoff: Å.
         e0_method: how e0 was obtained ("isolated_atoms", "least_squares", "mean_per_atom", "zero", "given").
+        terms: further physical terms of the energy (:class:`nnpes.terms.Term`), eV.
     """
 
     model: nn.Module = struct.field(pytree_node=False)
@@ -48,6 +48,7 @@ class Potential(struct.PyTreeNode):
     atomic_numbers: tuple[int, ...] = struct.field(pytree_node=False)
     cutoff: float = struct.field(pytree_node=False)
     e0_method: str = struct.field(pytree_node=False, default="zero")
+    terms: tuple[Term, ...] = ()
 
     @classmethod
     def create(
@@ -62,12 +63,13 @@ class Potential(struct.PyTreeNode):
         scale=1.0,
         avg_num_neighbors: float = 1.0,
         params=None,
-    ) -> "Potential":
+        terms: tuple[Term, ...] = (),
+    ) -> Potential:
         """A potential with random weights (or the given ``params``).
 
         Args:
-            model: an ``nnpes.models`` module with its hyper-parameters (cutoff, number of
-                species and average neighbour count are filled in here).
+            model: a flax module with its hyper-parameters; the fields it has among cutoff,
+                num_species and avg_num_neighbors are filled in here.
             atomic_numbers: the elements it knows (any order; stored sorted, duplicates removed).
             cutoff: r_c, Å.
             seed: PRNG seed of the initial weights.
@@ -77,45 +79,50 @@ class Potential(struct.PyTreeNode):
             avg_num_neighbors: mean neighbour count of the training data (message normaliser).
             params: flax variables to use instead of a random initialisation (as ``load`` does;
                 initialising a large equivariant model eagerly takes seconds).
+            terms: further physical terms of the energy.
         """
         numbers = tuple(sorted({int(z) for z in np.asarray(atomic_numbers).reshape(-1)}))
         if not numbers or numbers[0] < 1 or numbers[-1] > 118:
             raise ModelError(f"atomic_numbers must be 1..118, got {list(numbers)}")
         if not cutoff > 0:
             raise ModelError(f"cutoff must be > 0 Å, got {cutoff}")
-        model = model.clone(cutoff=float(cutoff), num_species=len(numbers), avg_num_neighbors=float(avg_num_neighbors))
+        try:
+            validate_hyperparameters(model, "model")
+        except ValueError as e:
+            raise ModelError(str(e)) from None
+        model = fill_model(model, cutoff, len(numbers), avg_num_neighbors)
         if params is None:
-            params = model.init(jax.random.PRNGKey(seed), *_example_inputs(cutoff))
-        s = len(numbers)
-        if e0 is None:
-            e0_arr, method = np.zeros(s), "zero"
-        elif isinstance(e0, dict):
-            missing = [z for z in numbers if z not in e0]
-            if missing:
-                raise ModelError(f"e0 lacks a reference energy for atomic numbers {missing}")
-            e0_arr, method = np.array([float(e0[z]) for z in numbers]), "given"
-        else:
-            e0_arr, method = np.asarray(e0, np.float64).reshape(s), "given"
-        scale_arr = np.broadcast_to(np.asarray(scale, np.float64), (s,)).copy()
+            params = model.init(jax.random.PRNGKey(seed), *example_inputs(cutoff))
+        e0_arr, method = _reference_energies(e0, numbers)
+        scale_arr = np.broadcast_to(np.asarray(scale, np.float64), (len(numbers),)).copy()
         return cls(model=model, params=params, e0=jnp.asarray(e0_arr, jnp.float32),
                    scale=jnp.asarray(scale_arr, jnp.float32), atomic_numbers=numbers, cutoff=float(cutoff),
-                   e0_method=e0_method or method)
+                   e0_method=e0_method or method, terms=tuple(terms))
 
     @property
     def avg_num_neighbors(self) -> float:
-        return float(self.model.avg_num_neighbors)
+        return float(getattr(self.model, "avg_num_neighbors", 1.0))
 
     @property
     def dtype(self):
         return jax.tree.leaves(self.params)[0].dtype
 
-    def site_energies(self, params, vectors, species, senders, receivers, edge_mask):
-        """(interaction, reference) site energies, eV, each (N,): scale·model output and E0."""
-        out = self.model.apply(params, vectors, species, senders, receivers, edge_mask)
-        return self.scale.astype(out.dtype)[species] * out, self.e0.astype(out.dtype)[species]
+    def site_energies(self, params, inputs: TermInputs):
+        """(interaction, reference) site energies, eV, each (N,).
 
-    def astype(self, dtype) -> "Potential":
-        """The same potential with every float array (parameters, e0, scale) cast to dtype."""
+        interaction = scale·network output + every term of ``self.terms``; reference = E0.
+        They are kept apart so that losses compare interaction energies (float32 never
+        subtracts two large totals) and totals add Σ E0 in float64 on the host.
+        """
+        out = self.model.apply(params, inputs.vectors, inputs.species, inputs.senders, inputs.receivers,
+                               inputs.edge_mask)
+        interaction = self.scale.astype(out.dtype)[inputs.species] * out
+        for term in self.terms:
+            interaction = interaction + term.site_energies(inputs).astype(out.dtype)
+        return interaction, self.e0.astype(out.dtype)[inputs.species]
+
+    def astype(self, dtype) -> Potential:
+        """The same potential with every float array (parameters, e0, scale, terms) cast to dtype."""
         cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
         return jax.tree.map(cast, self)
 
@@ -125,51 +132,44 @@ class Potential(struct.PyTreeNode):
 
         return float(np.asarray(self.e0, np.float64)[species_indices(numbers, self.atomic_numbers)].sum())
 
-    # -- persistence -------------------------------------------------------------------------
-    def metadata(self) -> dict:
-        from nnpes import __version__
-        from nnpes.models import family_name
+    def total_energy(self, interaction_energy, numbers) -> float:
+        """Total energy, eV: a predicted interaction energy plus Σ E0 of the atoms, in float64."""
+        return float(np.float64(interaction_energy)) + self.reference_energy(numbers)
 
-        hyper = {f.name: getattr(self.model, f.name) for f in dataclasses.fields(self.model)
-                 if f.name not in ("parent", "name") and f.name not in _FILLED_FIELDS}
-        return {
-            "format_version": FORMAT_VERSION,
-            "nnpes_version": __version__,
-            "family": family_name(self.model),
-            "hyperparameters": hyper,
-            "atomic_numbers": list(self.atomic_numbers),
-            "cutoff_a": self.cutoff,
-            "avg_num_neighbors": self.avg_num_neighbors,
-            "e0_ev": [float(x) for x in np.asarray(self.e0, np.float64)],
-            "e0_method": self.e0_method,
-            "scale_ev": [float(x) for x in np.asarray(self.scale, np.float64)],
-        }
+    def metadata(self) -> dict:
+        """Everything but the weights, as saved in ``potential.json``."""
+        from nnpes.model_files import potential_metadata
+
+        return potential_metadata(self)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write the model directory atomically (a reader never sees a half-written model)."""
-        directory = os.path.abspath(os.fspath(directory))
-        parent = os.path.dirname(directory)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-model-", dir=parent)
-        try:
-            with open(os.path.join(tmp, "potential.json"), "w") as f:
-                json.dump(self.metadata(), f, indent=2)
-            params = jax.tree.map(np.asarray, self.params)
-            with open(os.path.join(tmp, "params.msgpack"), "wb") as f:
-                f.write(flax.serialization.to_bytes(params))
-        except BaseException:  # a failed save leaves the previous model and no half-written copy
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = None
-        if os.path.exists(directory):
-            old = tempfile.mkdtemp(prefix=".old-model-", dir=parent)
-            os.replace(directory, os.path.join(old, "m"))
-        os.replace(tmp, directory)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        from nnpes.model_files import save
+
+        save(self, directory)
 
 
-def _example_inputs(cutoff: float):
+def fill_model(model: nn.Module, cutoff: float, num_species: int, avg_num_neighbors: float) -> nn.Module:
+    """The model with the contract's filled-in fields set (those the module declares)."""
+    values = {"cutoff": float(cutoff), "num_species": int(num_species), "avg_num_neighbors": float(avg_num_neighbors)}
+    names = {f.name for f in dataclasses.fields(model)}
+    return model.clone(**{k: v for k, v in values.items() if k in names and k in FILLED_FIELDS})
+
+
+def _reference_energies(e0, numbers: tuple[int, ...]) -> tuple[np.ndarray, str]:
+    s = len(numbers)
+    if e0 is None:
+        return np.zeros(s), "zero"
+    if isinstance(e0, dict):
+        missing = [z for z in numbers if z not in e0]
+        if missing:
+            raise ModelError(f"e0 lacks a reference energy for atomic numbers {missing}")
+        return np.array([float(e0[z]) for z in numbers]), "given"
+    return np.asarray(e0, np.float64).reshape(s), "given"
+
+
+def example_inputs(cutoff: float):
+    """A two-atom graph to initialise (or shape-check) a model with."""
     vectors = jnp.asarray([[0.5 * cutoff, 0.0, 0.0], [-0.5 * cutoff, 0.0, 0.0]], jnp.float32)
     species = jnp.zeros(2, jnp.int32)
     senders = jnp.asarray([1, 0], jnp.int32)
@@ -179,38 +179,8 @@ def _example_inputs(cutoff: float):
 
 def load(directory: str | os.PathLike) -> Potential:
     """Load a model directory written by :meth:`Potential.save` (or a run directory that holds
-    one in ``model/``)."""
-    from nnpes.models import FAMILIES
+    one in ``model/``). A model whose class is not a registered family is imported from the
+    module (or source file) recorded at save time. Every problem is one ModelError line."""
+    from nnpes.model_files import load as _load
 
-    directory = os.fspath(directory)
-    if os.path.isdir(os.path.join(directory, "model")) and not os.path.exists(os.path.join(directory, "potential.json")):
-        directory = os.path.join(directory, "model")
-    meta_path = os.path.join(directory, "potential.json")
-    if not os.path.isfile(meta_path):
-        raise ModelError(f"{directory}: not a model directory (no potential.json)")
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{meta_path}: not valid JSON ({e})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{meta_path}: format_version {meta.get('format_version')!r}; this nnpes reads {FORMAT_VERSION}")
-    family = meta.get("family")
-    if family not in FAMILIES:
-        raise ModelError(f"{meta_path}: unknown model family {family!r}, expected one of {sorted(FAMILIES)}")
-    hyper = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["hyperparameters"].items()}
-    params_path = os.path.join(directory, "params.msgpack")
-    try:
-        with open(params_path, "rb") as f:
-            params = flax.serialization.msgpack_restore(f.read())
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{params_path}: cannot restore parameters ({type(e).__name__}: {e})") from None
-    if not isinstance(params, dict) or "params" not in params:
-        raise ModelError(f"{params_path}: not a flax parameter file")
-    try:
-        model = FAMILIES[family](**hyper)
-    except TypeError as e:
-        raise ModelError(f"{meta_path}: hyper-parameters do not fit family {family!r} ({e})") from None
-    return Potential.create(model, meta["atomic_numbers"], meta["cutoff_a"], e0=meta["e0_ev"],
-                            e0_method=meta["e0_method"], scale=meta["scale_ev"],
-                            avg_num_neighbors=meta["avg_num_neighbors"], params=jax.tree.map(jnp.asarray, params))
+    return _load(directory)

@@ -102,6 +102,19 @@ def _old_format(d):
 def _unknown_family(d):
     meta = json.loads((d / "potential.json").read_text())
     meta["family"] = "transformer"
+    meta["model_class"] = "no_such_package.models:Transformer"
+    (d / "potential.json").write_text(json.dumps(meta))
+
+
+def _weights_do_not_fit(d):
+    meta = json.loads((d / "potential.json").read_text())
+    meta["hyperparameters"]["channels"] += 1
+    (d / "potential.json").write_text(json.dumps(meta))
+
+
+def _bad_hyperparameter(d):
+    meta = json.loads((d / "potential.json").read_text())
+    meta["hyperparameters"]["num_layers"] = 0
     (d / "potential.json").write_text(json.dumps(meta))
 
 
@@ -121,6 +134,8 @@ BROKEN = {
     "unknown_family": (_unknown_family, "transformer"),
     "missing_params": (_no_params, "params.msgpack"),
     "truncated_params": (_truncated_params, "params.msgpack"),
+    "weights_do_not_fit": (_weights_do_not_fit, "weights do not fit the hyper-parameters"),
+    "bad_hyperparameter": (_bad_hyperparameter, "num_layers"),
 }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from nnpes.data.io import Frame
 from nnpes.data.neighbors import neighbor_list
-from nnpes.errors import ModelError, where
+from nnpes.errors import DataError, ModelError, where
 
 try:
     from ase.data import chemical_symbols
@@ -91,9 +91,21 @@ def bucket(n: int, minimum: int = 8) -> int:
 
 def pad_sizes(graphs: Sequence[FrameGraph], n_graph: int | None = None) -> tuple[int, int, int]:
     """Bucketed (n_node, n_edge, n_graph) for a batch: one padding graph and node always added."""
-    n_node = bucket(sum(g.n_node for g in graphs) + 1)
-    n_edge = bucket(sum(g.n_edge for g in graphs))
-    return n_node, n_edge, (n_graph if n_graph is not None else len(graphs)) + 1
+    return common_pad_sizes([graphs], n_graph)
+
+
+def common_pad_sizes(groups: Sequence[Sequence[FrameGraph]], n_graph: int | None = None) -> tuple[int, int, int]:
+    """One bucketed (n_node, n_edge, n_graph) that fits every group of graphs, so that all the
+    groups (the batches of an evaluation, the shards of a training batch) share one compiled shape.
+
+    Args:
+        groups: the batches (each a sequence of graphs).
+        n_graph: real graphs per batch (default: the largest group); one padding graph is added.
+    """
+    n_node = bucket(max(sum(g.n_node for g in group) for group in groups) + 1)
+    n_edge = bucket(max(sum(g.n_edge for g in group) for group in groups))
+    n_graph = n_graph if n_graph is not None else max(len(group) for group in groups)
+    return n_node, n_edge, n_graph + 1
 
 
 def batch_graphs(
@@ -118,7 +130,7 @@ def batch_graphs(
     real_nodes = sum(g.n_node for g in graphs)
     real_edges = sum(g.n_edge for g in graphs)
     if n_node <= real_nodes or n_edge < real_edges or n_graph <= len(graphs):
-        raise ValueError(f"padding too small: nodes {real_nodes}/{n_node}, edges {real_edges}/{n_edge}, "
+        raise DataError(f"padding too small: nodes {real_nodes}/{n_node}, edges {real_edges}/{n_edge}, "
                          f"graphs {len(graphs)}/{n_graph}")
 
     positions = np.zeros((n_node, 3), dtype)

@@ -64,11 +64,16 @@ class Frame:
         if self.forces is not None:
             results["forces"] = self.forces
         if self.stress is not None:
-            s = self.stress
-            results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            results["stress"] = matrix_to_voigt(self.stress)
         if results:
             atoms.calc = SinglePointCalculator(atoms, **results)
         return atoms
+
+
+def matrix_to_voigt(stress) -> np.ndarray:
+    """3×3 → ASE Voigt order (xx, yy, zz, yz, xz, xy), float64."""
+    s = np.asarray(stress, np.float64)
+    return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
 
 
 def voigt_to_matrix(stress: np.ndarray) -> np.ndarray:
@@ -112,8 +117,24 @@ def frame_from_atoms(
 ) -> Frame:
     """Validate one ``ase.Atoms`` into a :class:`Frame`; raise DataError naming ``source``/``index``."""
     at = where(source, index)
-    n = len(atoms)
-    if n == 0:
+    positions, numbers, cell, pbc = _geometry(atoms, at)
+    energy = _energy(atoms, energy_key, at)
+    forces = _forces(atoms, forces_key, len(numbers), at)
+    stress = _stress(atoms, stress_key, virial_key, cell, pbc, at)
+    labels = {"energy": energy, "forces": forces, "stress": stress}
+    for name in require:
+        if name not in labels:
+            raise DataError(f"{at}: unknown label '{name}', expected one of {LABELS}")
+        if labels[name] is None:
+            key = {"energy": energy_key, "forces": forces_key, "stress": f"{stress_key}' or '{virial_key}"}[name]
+            raise DataError(f"{at}: label '{name}' (key '{key}') is missing")
+    _check_min_distance(positions, cell, pbc, at)
+    return Frame(positions, numbers, cell, pbc, energy, forces, stress, source, index)
+
+
+def _geometry(atoms, at: str):
+    """Positions (Å), atomic numbers, cell (rows, Å) and pbc, checked."""
+    if len(atoms) == 0:
         raise DataError(f"{at}: frame has no atoms")
     positions = np.asarray(atoms.get_positions(), dtype=np.float64)
     numbers = np.asarray(atoms.get_atomic_numbers(), dtype=np.int32)
@@ -132,57 +153,59 @@ def frame_from_atoms(
             raise DataError(f"{at}: periodic frame (pbc={pbc.tolist()}) has a singular cell {cell.tolist()}")
         if pbc.all() and abs(np.linalg.det(cell)) < 1e-6:
             raise DataError(f"{at}: periodic frame has a singular cell (volume 0 Å^3)")
+    return positions, numbers, cell, pbc
 
+
+def _energy(atoms, energy_key: str, at: str) -> float | None:
     energy = _lookup(atoms, energy_key, per_atom=False)
-    if energy is not None:
-        try:
-            energy = float(np.asarray(energy, dtype=np.float64).reshape(()))
-        except (TypeError, ValueError):
-            raise DataError(f"{at}: energy key '{energy_key}' is not one number: {energy!r}") from None
-        if not np.isfinite(energy):
-            raise DataError(f"{at}: energy ('{energy_key}') is {energy}")
+    if energy is None:
+        return None
+    try:
+        energy = float(np.asarray(energy, dtype=np.float64).reshape(()))
+    except (TypeError, ValueError):
+        raise DataError(f"{at}: energy key '{energy_key}' is not one number: {energy!r}") from None
+    if not np.isfinite(energy):
+        raise DataError(f"{at}: energy ('{energy_key}') is {energy}")
+    return energy
 
+
+def _forces(atoms, forces_key: str, n: int, at: str) -> np.ndarray | None:
     forces = _lookup(atoms, forces_key, per_atom=True)
-    if forces is not None:
-        forces = np.asarray(forces, dtype=np.float64)
-        if forces.shape != (n, 3):
-            raise DataError(f"{at}: forces ('{forces_key}') have shape {forces.shape}, expected ({n}, 3)")
-        if not np.all(np.isfinite(forces)):
-            raise DataError(f"{at}: forces ('{forces_key}') contain NaN or inf")
+    if forces is None:
+        return None
+    forces = np.asarray(forces, dtype=np.float64)
+    if forces.shape != (n, 3):
+        raise DataError(f"{at}: forces ('{forces_key}') have shape {forces.shape}, expected ({n}, 3)")
+    if not np.all(np.isfinite(forces)):
+        raise DataError(f"{at}: forces ('{forces_key}') contain NaN or inf")
+    return forces
 
+
+def _stress(atoms, stress_key: str, virial_key: str, cell, pbc, at: str) -> np.ndarray | None:
+    """Stress, eV/Å³ (ASE sign), 3×3: from the stress key, else from the virial (−virial/V)."""
     stress = _lookup(atoms, stress_key, per_atom=False)
     key_used = stress_key
     if stress is None:
         virial = _lookup(atoms, virial_key, per_atom=False)
-        if virial is not None:
-            if not pbc.all():
-                raise DataError(f"{at}: virial ('{virial_key}') given for a non-periodic frame")
-            try:
-                virial = voigt_to_matrix(virial)
-            except ValueError as e:
-                raise DataError(f"{at}: virial ('{virial_key}'): {e}") from None
-            stress = -virial / abs(np.linalg.det(cell))  # ASE sign: stress = -virial / V
-            key_used = virial_key
-    if stress is not None:
-        try:
-            stress = voigt_to_matrix(stress)
-        except ValueError as e:
-            raise DataError(f"{at}: stress ('{key_used}'): {e}") from None
-        if not np.all(np.isfinite(stress)):
-            raise DataError(f"{at}: stress ('{key_used}') contains NaN or inf")
+        if virial is None:
+            return None
         if not pbc.all():
-            raise DataError(f"{at}: stress ('{key_used}') given for a frame that is not periodic in 3 directions")
-
-    labels = {"energy": energy, "forces": forces, "stress": stress}
-    for name in require:
-        if name not in labels:
-            raise DataError(f"{at}: unknown label '{name}', expected one of {LABELS}")
-        if labels[name] is None:
-            key = {"energy": energy_key, "forces": forces_key, "stress": f"{stress_key}' or '{virial_key}"}[name]
-            raise DataError(f"{at}: label '{name}' (key '{key}') is missing")
-
-    _check_min_distance(positions, cell, pbc, at)
-    return Frame(positions, numbers, cell, pbc, energy, forces, stress, source, index)
+            raise DataError(f"{at}: virial ('{virial_key}') given for a non-periodic frame")
+        try:
+            virial = voigt_to_matrix(virial)
+        except ValueError as e:
+            raise DataError(f"{at}: virial ('{virial_key}'): {e}") from None
+        stress = -virial / abs(np.linalg.det(cell))  # ASE sign: stress = -virial / V
+        key_used = virial_key
+    try:
+        stress = voigt_to_matrix(stress)
+    except ValueError as e:
+        raise DataError(f"{at}: stress ('{key_used}'): {e}") from None
+    if not np.all(np.isfinite(stress)):
+        raise DataError(f"{at}: stress ('{key_used}') contains NaN or inf")
+    if not pbc.all():
+        raise DataError(f"{at}: stress ('{key_used}') given for a frame that is not periodic in 3 directions")
+    return stress
 
 
 def _check_min_distance(positions, cell, pbc, at) -> None:

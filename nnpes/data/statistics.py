@@ -8,7 +8,7 @@ import numpy as np
 
 from nnpes.data.graph import FrameGraph
 from nnpes.data.io import Frame
-from nnpes.errors import DataError
+from nnpes.errors import DataError, ModelError
 
 
 def fit_e0(
@@ -60,3 +60,70 @@ def mean_neighbors(graphs: Sequence[FrameGraph]) -> float:
     """Average number of neighbours per atom within the cutoff (message normaliser)."""
     atoms = sum(g.n_node for g in graphs)
     return max(sum(g.n_edge for g in graphs) / max(atoms, 1), 1.0)
+
+
+def fit_model_statistics(model, graphs: Sequence[FrameGraph], batch_size: int = 32, min_std: float = 1e-6):
+    """The model with every constant it declares as fitted on training data filled in.
+
+    A family marks such fields ``Annotated[..., Fitted("statistic")]`` (see
+    :mod:`nnpes.models.base`); this data-layer function computes the statistics it knows and
+    hands them to the model through those fields (models never import data code). Known:
+    ``descriptor_mean`` / ``descriptor_std``, per-species mean and standard deviation of the
+    model's ``descriptors`` method over the atoms of ``graphs`` (standard deviations below
+    ``min_std`` become 1; a species absent from the data gets mean 0 and std 1).
+
+    Args:
+        model: with cutoff, num_species and avg_num_neighbors filled in (``potential.model``).
+        graphs: the training frames' graphs (same cutoff).
+        batch_size: frames per padded batch (one compilation per distinct bucket).
+    Returns:
+        ``model.clone(...)`` with the fitted fields set (``model`` itself when it declares none).
+    """
+    from nnpes.models.base import fitted_fields
+
+    wanted = fitted_fields(type(model))
+    if not wanted:
+        return model
+    unknown = sorted(set(wanted.values()) - {"descriptor_mean", "descriptor_std"})
+    if unknown:
+        raise ModelError(f"{type(model).__name__}: no data statistic named {', '.join(unknown)} "
+                         "(known: descriptor_mean, descriptor_std)")
+    mean, std = _descriptor_moments(model.clone(**{f: None for f in wanted}), graphs, batch_size, min_std)
+    values = {"descriptor_mean": mean, "descriptor_std": std}
+    return model.clone(**{field: tuple(float(v) for v in values[stat].reshape(-1)) for field, stat in wanted.items()})
+
+
+def _descriptor_moments(model, graphs, batch_size: int, min_std: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-species (mean, std), each (num_species, F), of ``model.descriptors`` over the atoms."""
+    import jax
+    import jax.numpy as jnp
+    import jraph
+
+    from nnpes.data.graph import batch_graphs
+    from nnpes.physics import edge_vectors, safe_edges
+
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+    @jax.jit
+    def features(graph):
+        vectors = edge_vectors(graph.nodes["positions"], graph.globals["cell"], graph)
+        vectors, mask = safe_edges(vectors, jraph.get_edge_padding_mask(graph), model.cutoff)
+        return model.apply({}, vectors, graph.nodes["species"], graph.senders, graph.receivers, mask,
+                           method="descriptors")
+
+    s = model.num_species
+    count, total, squares = np.zeros(s), 0.0, 0.0
+    for start in range(0, len(graphs), batch_size):
+        chunk = list(graphs[start:start + batch_size])
+        batch = batch_graphs(chunk, dtype=np.dtype(dtype))
+        n_real = sum(g.n_node for g in chunk)
+        x = np.asarray(features(batch), np.float64)[:n_real]
+        one_hot = np.eye(s)[np.asarray(batch.nodes["species"][:n_real])]  # (n, S)
+        count = count + one_hot.sum(axis=0)
+        total = total + one_hot.T @ x
+        squares = squares + one_hot.T @ x**2
+    seen = count > 0
+    mean = np.where(seen[:, None], total / np.maximum(count, 1)[:, None], 0.0)
+    var = np.where(seen[:, None], squares / np.maximum(count, 1)[:, None] - mean**2, 1.0)
+    std = np.sqrt(np.maximum(var, 0.0))
+    return mean, np.where(std < min_std, 1.0, std)

@@ -1,40 +1,56 @@
-"""Model families. Each is a flax module mapping (vectors, species, senders, receivers,
-edge_mask) of a padded graph to one dimensionless output per atom, with the fields
-``cutoff``, ``num_species`` and ``avg_num_neighbors`` that :class:`nnpes.Potential` fills in."""
+"""Model families: flax modules mapping the edges of a padded graph to one output per atom.
 
-from nnpes.models.behler_parrinello import BehlerParrinello, fit_standardization
+The contract every family follows (call signature, filled-in fields, hyper-parameter ranges,
+constants fitted on training data, receptive field) is written in :mod:`nnpes.models.base`.
+:data:`FAMILIES` is the one mapping from a family name (config key ``model.family``, saved
+models) to its module; :func:`register_family` adds a user's own module to it.
+"""
+
+from __future__ import annotations
+
+from nnpes.errors import ModelError
+from nnpes.models.base import SiteModel, receptive_hops
+from nnpes.models.behler_parrinello import BehlerParrinello
 from nnpes.models.deepsets import DeepSets
 from nnpes.models.nequip import NequIP
 
-# The one mapping from a family name (config key ``model.family``, saved models) to its module.
-FAMILIES = {
+FAMILIES: dict[str, type] = {
     "nequip": NequIP,
     "behler_parrinello": BehlerParrinello,
     "deepsets": DeepSets,
 }
 
 
-# Families whose inputs need constants fitted on the training data before training starts
-# (Behler–Parrinello: per-species descriptor mean and standard deviation).
-DATA_FITS = {
-    "behler_parrinello": fit_standardization,
-}
+def register_family(name: str, cls: type, *, replace: bool = False) -> type:
+    """Make a flax module class a named family: configs (``model.family: NAME``), saving and
+    loading then know it. Returns ``cls``, so it works as a decorator factory's target:
+    ``register_family("pair_mlp", PairMLP)``.
+
+    A model whose class is not registered still saves and loads: the saved model records the
+    class's import path (and its source file), see :func:`nnpes.load`.
+    """
+    if not name or not name.replace("_", "").isalnum():
+        raise ModelError(f"family name must be letters, digits and underscores, got {name!r}")
+    if name in FAMILIES and FAMILIES[name] is not cls and not replace:
+        raise ModelError(f"family {name!r} is already registered to {FAMILIES[name].__name__} (pass replace=True)")
+    FAMILIES[name] = cls
+    return cls
 
 
-def fit_to_data(model, graphs):
-    """The model with any data-derived constants fitted on training graphs (a no-op for
-    families that have none). ``model`` has cutoff, num_species and avg_num_neighbors set."""
-    fit = DATA_FITS.get(family_name(model))
-    return fit(model, graphs) if fit is not None else model
-
-
-def family_name(model) -> str:
-    """The registered family name of a model instance."""
+def family_name(model) -> str | None:
+    """The registered family name of a model instance, or None for an unregistered class."""
     for name, cls in FAMILIES.items():
         if type(model) is cls:
             return name
-    raise KeyError(f"model class {type(model).__name__} is not registered in nnpes.models.FAMILIES")
+    return None
 
 
-__all__ = ["DATA_FITS", "FAMILIES", "BehlerParrinello", "DeepSets", "NequIP", "family_name", "fit_standardization",
-           "fit_to_data"]
+def family_class(name: str, where: str = "model") -> type:
+    """The module class of a registered family; a one-line ModelError for an unknown name."""
+    if name not in FAMILIES:
+        raise ModelError(f"{where}: unknown model family {name!r}, expected one of {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+__all__ = ["FAMILIES", "BehlerParrinello", "DeepSets", "NequIP", "SiteModel", "family_class", "family_name",
+           "receptive_hops", "register_family"]

@@ -4,7 +4,7 @@ Atom-centred symmetry functions, resolved by neighbour element, feed one small n
 element that outputs the site energy. Every symmetry function is computed from the padded
 edge list inside ``jit`` with segment sums over edges, so time and memory grow linearly with
 the number of atoms; the angular functions need no triplet list (see
-:func:`angular_monomials`).
+:mod:`nnpes.models.descriptors`).
 
 Symmetry functions of atom i (f_c = the project's polynomial envelope, r_ij = |r_ij|):
 
@@ -22,10 +22,6 @@ the per-atom moments M_a^{(n)} = Σ_{j∈a} g_j r̂_ij^{⊗n},
 
     Σ_{j≠k, s_j=a, s_k=b} g_j g_k c_jk^n = ⟨M_a^{(n)}, M_b^{(n)}⟩ − δ_ab Σ_{j∈a} g_j².
 
-The symmetric tensor r̂^{⊗n} is stored by its (n+1)(n+2)/2 distinct monomials x^p y^q z^r,
-each weighted by √(n!/(p! q! r!)), so that the plain dot product of two such vectors is
-(u·v)^n (the multinomial theorem).
-
 The edge terms are summed onto atoms a chunk of edges at a time (:func:`chunked_segment_sum`),
 so no (edges × terms) array is ever held, forward or backward.
 
@@ -36,62 +32,20 @@ angular block (P species pairs a ≤ b in lexicographic order × η × ζ × λ)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pydantic import Field
 
-from nnpes.errors import ModelError
+from nnpes.models.base import (EnvelopeOrder, Fitted, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                               SiteModel, Widths, safe_vector)
+from nnpes.models.descriptors import angular_monomials, chunked_segment_sum, edge_chunk_schedule, order_blocks
 from nnpes.models.radial import polynomial_envelope
 
 _DEFAULT_R_MIN = 0.5  # Å, first radial shift of the default grid
-
-
-# -- symmetric tensor powers ---------------------------------------------------------------
-def monomial_exponents(n_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exponents (p, q, r) of every monomial x^p y^q z^r with p+q+r = n, n = 0..n_max.
-
-    Returns:
-        exponents (M, 3) int, order (M,) int (= p+q+r), weight (M,) float = √(n!/(p! q! r!)),
-        with M = Σ_n (n+1)(n+2)/2.
-    """
-    rows = [(p, q, n - p - q) for n in range(n_max + 1) for p in range(n, -1, -1) for q in range(n - p, -1, -1)]
-    exps = np.asarray(rows, np.int64).reshape(-1, 3)
-    order = exps.sum(axis=1)
-    weight = np.sqrt([math.factorial(n) / math.prod(math.factorial(e) for e in row) for n, row in zip(order, rows)])
-    return exps, order, weight
-
-
-def angular_monomials(unit: jnp.ndarray, n_max: int) -> jnp.ndarray:
-    """The symmetric tensor powers r̂^{⊗n}, n = 0..n_max, as weighted monomials.
-
-    For unit vectors u, v: Σ_{m of order n} out(u)[m] · out(v)[m] = (u·v)^n.
-
-    Args:
-        unit: (E, 3) unit vectors.
-        n_max: highest power.
-    Returns:
-        (E, M) with M = Σ_n (n+1)(n+2)/2; the column orders are ``monomial_exponents(n_max)[1]``.
-    """
-    exps, _, weight = monomial_exponents(n_max)
-    # powers by repeated products (no x**0, whose gradient is NaN at x = 0); static column
-    # products only: an index gather here (and its scatter gradient) is ~10x slower on CPU
-    x, y, z = unit[:, 0], unit[:, 1], unit[:, 2]
-    px, py, pz = [jnp.ones_like(x)], [jnp.ones_like(y)], [jnp.ones_like(z)]
-    for _ in range(n_max):
-        px.append(px[-1] * x)
-        py.append(py[-1] * y)
-        pz.append(pz[-1] * z)
-    columns = [float(w) * px[p] * py[q] * pz[r] for (p, q, r), w in zip(exps.tolist(), weight)]
-    return jnp.stack(columns, axis=1)
-
-
-def order_blocks(n_max: int) -> np.ndarray:
-    """(M, n_max+1) 0/1 matrix summing monomial products into one total per order n."""
-    _, order, _ = monomial_exponents(n_max)
-    return (order[:, None] == np.arange(n_max + 1)[None, :]).astype(np.float64)
 
 
 # -- descriptor grids ----------------------------------------------------------------------
@@ -113,8 +67,6 @@ def radial_grid(model: "BehlerParrinello") -> tuple[np.ndarray, np.ndarray]:
         etas = np.asarray(model.radial_etas, np.float64).reshape(-1)
         if len(etas) == 1:
             etas = np.full(len(shifts), etas[0])
-    if len(etas) != len(shifts) or len(shifts) == 0:
-        raise ModelError(f"radial_etas ({len(etas)}) must give one width per radial shift ({len(shifts)}), or one for all")
     return shifts, etas
 
 
@@ -125,12 +77,8 @@ def angular_grid(model: "BehlerParrinello") -> tuple[np.ndarray, np.ndarray, np.
     """
     etas = (np.array([1.0, 4.0]) / model.cutoff**2 if model.angular_etas is None
             else np.asarray(model.angular_etas, np.float64).reshape(-1))
-    zetas = np.asarray(model.zetas).reshape(-1)
+    zetas = np.asarray(model.zetas, np.int64).reshape(-1)
     lambdas = np.asarray(model.lambdas).reshape(-1)
-    if zetas.size and (np.any(zetas < 1) or np.any(zetas != np.round(zetas))):
-        raise ModelError(f"zetas must be positive integers (the linear-time expansion needs them), got {model.zetas}")
-    if np.any(np.abs(lambdas) != 1):
-        raise ModelError(f"lambdas must be +1 or -1, got {model.lambdas}")
     return etas, zetas.astype(np.int64), lambdas.astype(np.float64)
 
 
@@ -174,40 +122,8 @@ def _edge_terms(vectors, mask, cutoff, envelope_p, shifts, widths, etas, n_max):
     return jnp.concatenate([g2, (g[:, :, None] * mono[:, None, :]).reshape(r.shape[0], -1), g**2], axis=1)
 
 
-def chunked_segment_sum(fn, vectors, edge_mask, segment_ids, num_segments: int, chunk: int, safe_vector):
-    """segment_sum(fn(vectors, edge_mask), segment_ids, num_segments), `chunk` edges at a time.
-
-    A scan over edge chunks adds each chunk's terms into the (num_segments, C) result in place;
-    the terms are recomputed in the backward pass (``jax.checkpoint``), so no (E, C) array is
-    ever stored: working memory is O(chunk·C + num_segments·C) and stays in cache.
-
-    Args:
-        fn: (B, 3), (B,) bool → (B, C), zero where the mask is False.
-        vectors: (E, 3). edge_mask: (E,) bool. segment_ids: (E,) int.
-        chunk: edges per step; 0 or ≥ E: one pass without a loop.
-        safe_vector: (3,) non-zero vector for the padding edges of the last chunk.
-    """
-    n_edge = vectors.shape[0]
-    if chunk <= 0 or n_edge <= chunk:
-        return jax.ops.segment_sum(fn(vectors, edge_mask), segment_ids, num_segments)
-    n_chunk = -(-n_edge // chunk)
-    pad = n_chunk * chunk - n_edge
-    vectors = jnp.concatenate([vectors, jnp.broadcast_to(safe_vector, (pad, 3))]).reshape(n_chunk, chunk, 3)
-    edge_mask = jnp.concatenate([edge_mask, jnp.zeros(pad, bool)]).reshape(n_chunk, chunk)
-    segment_ids = jnp.concatenate([segment_ids, jnp.zeros(pad, segment_ids.dtype)]).reshape(n_chunk, chunk)
-    terms = jax.checkpoint(fn, prevent_cse=False)
-    width = jax.eval_shape(fn, vectors[0], edge_mask[0]).shape[1]
-
-    def step(total, xs):
-        v, m, seg = xs
-        return total.at[seg].add(terms(v, m)), None
-
-    total, _ = jax.lax.scan(step, jnp.zeros((num_segments, width), vectors.dtype), (vectors, edge_mask, segment_ids))
-    return total
-
-
 # -- the model -----------------------------------------------------------------------------
-class BehlerParrinello(nn.Module):
+class BehlerParrinello(SiteModel):
     """Behler–Parrinello potential: element-resolved G2/G5 symmetry functions → one MLP per
     element → site output.
 
@@ -216,17 +132,18 @@ class BehlerParrinello(nn.Module):
         radial_shifts: Rs of the G2 functions, Å (None: generated from the cutoff).
         radial_etas: η of the G2 functions, Å⁻², one per shift or one for all (None: from the grid spacing).
         angular_etas: η of the G5 functions, Å⁻² (None: (1, 4)/cutoff²).
-        zetas: ζ of the G5 functions, positive integers.
+        zetas: ζ of the G5 functions, positive integers (the linear-time expansion needs them).
         lambdas: λ of the G5 functions, each +1 or −1 (empty zetas: radial functions only).
         hidden_features: hidden widths of the per-element networks (tanh).
         envelope_p: order of the polynomial cutoff f_c.
         feature_mean, feature_std: optional per-species standardisation of the descriptors,
-            each a flat tuple of num_species·F numbers (row = species); None: none. Fit them
-            with :func:`fit_standardization`.
+            each a flat tuple of num_species·F numbers (row = species); None: none. Fitted on
+            the training data (:func:`nnpes.data.statistics.fit_model_statistics`), not user keys.
         edge_chunk: edges per step of the loop that sums edge terms onto atoms (working memory
             ∝ edge_chunk, not ∝ E; on CPU ~2x faster than one pass because it stays in cache);
-            0: all edges in one pass (best on GPU); None: 8192 on CPU, 0 elsewhere. Results
-            differ only by summation order.
+            0: all edges in one pass (best on GPU); None: chosen per backend by
+            :func:`nnpes.models.descriptors.edge_chunk_schedule`. The schedule changes only the
+            order of summation, never the function.
     Filled in by :meth:`nnpes.Potential.create`: cutoff (Å), num_species, avg_num_neighbors.
 
     Call: ``model.apply(params, vectors, species, senders, receivers, edge_mask)`` → (N,)
@@ -234,20 +151,26 @@ class BehlerParrinello(nn.Module):
     (N, F) symmetry functions before standardisation.
     """
 
-    num_radial: int = 8
-    radial_shifts: tuple[float, ...] | None = None
-    radial_etas: tuple[float, ...] | None = None
-    angular_etas: tuple[float, ...] | None = None
-    zetas: tuple[int, ...] = (1, 4)
-    lambdas: tuple[int, ...] = (1, -1)
-    hidden_features: tuple[int, ...] = (32, 32)
-    envelope_p: int = 6
-    feature_mean: tuple[float, ...] | None = None
-    feature_std: tuple[float, ...] | None = None
-    edge_chunk: int | None = None
-    cutoff: float = 5.0
-    num_species: int = 1
-    avg_num_neighbors: float = 1.0
+    num_radial: PositiveInt = 8
+    radial_shifts: Annotated[tuple[NonNegativeFloat, ...], Field(min_length=1)] | None = None
+    radial_etas: Annotated[tuple[PositiveFloat, ...], Field(min_length=1)] | None = None
+    angular_etas: Annotated[tuple[PositiveFloat, ...], Field(min_length=1)] | None = None
+    zetas: tuple[PositiveInt, ...] = (1, 4)
+    lambdas: Annotated[tuple[Literal[1, -1], ...], Field(min_length=1)] = (1, -1)
+    hidden_features: Widths = (32, 32)
+    envelope_p: EnvelopeOrder = 6
+    feature_mean: Annotated[tuple[float, ...] | None, Fitted("descriptor_mean")] = None
+    feature_std: Annotated[tuple[float, ...] | None, Fitted("descriptor_std")] = None
+    edge_chunk: NonNegativeInt | None = None
+
+    @staticmethod
+    def check_hyperparameters(values: dict) -> None:
+        """Cross-field check: one radial width per shift, or one for all."""
+        etas, shifts = values.get("radial_etas"), values.get("radial_shifts")
+        n_shifts = len(shifts) if shifts is not None else values.get("num_radial", 8)
+        if etas is not None and len(etas) not in (1, n_shifts):
+            raise ValueError(f"radial_etas has {len(etas)} widths; it needs one per radial shift ({n_shifts}) "
+                             "or one for all")
 
     def descriptors(self, vectors, species, senders, receivers, edge_mask):
         """Element-resolved symmetry functions of every atom.
@@ -268,10 +191,10 @@ class BehlerParrinello(nn.Module):
         def columns(v, mask):  # (E, 3), (E,) -> (E, C): [G2 terms | g·r̂^{⊗n} | g²]
             return _edge_terms(v, mask, self.cutoff, self.envelope_p, shifts, widths, etas, n_max)
 
-        chunk = self.edge_chunk if self.edge_chunk is not None else (8192 if jax.default_backend() == "cpu" else 0)
+        chunk = edge_chunk_schedule(self.edge_chunk)
         # one sum over edges onto (centre atom, neighbour species): element resolution stays linear
         segment = receivers * s + species[senders]
-        safe = jnp.asarray([0.5 * self.cutoff, 0.0, 0.0], dtype)
+        safe = safe_vector(self.cutoff, dtype)
         summed = chunked_segment_sum(columns, vectors, edge_mask, segment, n_node * s, chunk, safe)
         summed = summed.reshape(n_node, s, -1)
 
@@ -317,54 +240,3 @@ class BehlerParrinello(nn.Module):
             if i < len(widths) - 1:
                 x = jnp.tanh(x)
         return x[:, 0]
-
-
-# -- standardisation -----------------------------------------------------------------------
-def fit_standardization(model: BehlerParrinello, graphs: Sequence, batch_size: int = 32,
-                        min_std: float = 1e-6) -> BehlerParrinello:
-    """Per-species mean and standard deviation of the descriptors over training structures.
-
-    Args:
-        model: a BehlerParrinello with cutoff, num_species and avg_num_neighbors filled in
-            (e.g. ``potential.model``); any existing standardisation is ignored.
-        graphs: :class:`nnpes.data.graph.FrameGraph` of the training frames (same cutoff).
-        batch_size: frames per padded batch (one compilation per distinct bucket).
-        min_std: standard deviations below this (constant features) are set to 1.
-    Returns:
-        ``model.clone(feature_mean=..., feature_std=...)``; a species absent from the data
-        gets mean 0 and std 1. Use it as ``potential.replace(model=fit_standardization(...))``
-        (the network parameters do not depend on the standardisation).
-    """
-    import jraph
-
-    from nnpes.data.graph import batch_graphs
-    from nnpes.physics import edge_vectors, safe_edges
-
-    model = model.clone(feature_mean=None, feature_std=None)
-    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-
-    @jax.jit
-    def features(graph):
-        vectors = edge_vectors(graph.nodes["positions"], graph.globals["cell"], graph)
-        vectors, mask = safe_edges(vectors, jraph.get_edge_padding_mask(graph), model.cutoff)
-        return model.apply({}, vectors, graph.nodes["species"], graph.senders, graph.receivers, mask,
-                           method="descriptors")
-
-    s, f = model.num_species, num_features(model)
-    count, total, squares = np.zeros(s), np.zeros((s, f)), np.zeros((s, f))
-    for start in range(0, len(graphs), batch_size):
-        chunk = list(graphs[start:start + batch_size])
-        batch = batch_graphs(chunk, dtype=np.dtype(dtype))
-        x = np.asarray(features(batch), np.float64)
-        n_real = sum(g.n_node for g in chunk)
-        x, species = x[:n_real], np.asarray(batch.nodes["species"][:n_real])
-        np.add.at(count, species, 1.0)
-        np.add.at(total, species, x)
-        np.add.at(squares, species, x**2)
-    seen = count > 0
-    mean = np.where(seen[:, None], total / np.maximum(count, 1)[:, None], 0.0)
-    var = np.where(seen[:, None], squares / np.maximum(count, 1)[:, None] - mean**2, 1.0)
-    std = np.sqrt(np.maximum(var, 0.0))
-    std = np.where(std < min_std, 1.0, std)
-    return model.clone(feature_mean=tuple(float(v) for v in mean.reshape(-1)),
-                       feature_std=tuple(float(v) for v in std.reshape(-1)))

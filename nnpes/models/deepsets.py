@@ -9,36 +9,27 @@ For atom i with neighbours j (edges j → i):
 
 with optional angle features a_ij^{(n)} = (Σ_{k≠j} f_c(r_ik) (r̂_ij·r̂_ik)^n) / n̄, n = 1..angular_order,
 computed in linear time from per-atom tensor moments (see
-:func:`nnpes.models.behler_parrinello.angular_monomials`): Σ_k f_k (r̂_j·r̂_k)^n =
+:mod:`nnpes.models.descriptors`): Σ_k f_k (r̂_j·r̂_k)^n =
 ⟨r̂_j^{⊗n}, Σ_k f_k r̂_k^{⊗n}⟩, minus the k = j term f_j. Every neighbour term carries the
 smooth cutoff f_c, so the energy is smooth as atoms cross the cutoff.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from pydantic import Field
 
-from nnpes.models.behler_parrinello import angular_monomials, order_blocks
+from nnpes.models.base import EnvelopeOrder, PositiveInt, SiteModel, Widths
+from nnpes.models.blocks import MLP
+from nnpes.models.descriptors import angular_monomials, order_blocks
 from nnpes.models.radial import bessel_basis, polynomial_envelope
 
 
-class MLP(nn.Module):
-    """Dense layers with SiLU between them (none after the last)."""
-
-    features: tuple[int, ...]
-
-    @nn.compact
-    def __call__(self, x):
-        for i, width in enumerate(self.features):
-            x = nn.Dense(width, name=f"dense_{i}")(x)
-            if i < len(self.features) - 1:
-                x = jax.nn.silu(x)
-        return x
-
-
-class DeepSets(nn.Module):
+class DeepSets(SiteModel):
     """Invariant DeepSets potential: φ over neighbours, masked sum, ρ with the own species.
 
     Hyper-parameters:
@@ -54,15 +45,12 @@ class DeepSets(nn.Module):
     dimensionless site outputs.
     """
 
-    num_basis: int = 8
-    envelope_p: int = 6
-    embed_features: int = 16
-    angular_order: int = 2
-    phi_features: tuple[int, ...] = (64, 64)
-    rho_features: tuple[int, ...] = (64, 64)
-    cutoff: float = 5.0
-    num_species: int = 1
-    avg_num_neighbors: float = 1.0
+    num_basis: PositiveInt = 8
+    envelope_p: EnvelopeOrder = 6
+    embed_features: PositiveInt = 16
+    angular_order: Annotated[int, Field(ge=0, le=8)] = 2
+    phi_features: Annotated[Widths, Field(min_length=1)] = (64, 64)
+    rho_features: Widths = (64, 64)
 
     @nn.compact
     def __call__(self, vectors, species, senders, receivers, edge_mask):

@@ -6,12 +6,28 @@ forces, stress, padding graphs or reference energies: `nnpes.physics` does that.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import e3nn_jax as e3nn
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from pydantic import AfterValidator, Field
 
+from nnpes.models.base import EnvelopeOrder, PositiveInt, SiteModel, Widths
+from nnpes.models.blocks import MLP
 from nnpes.models.radial import bessel_basis, polynomial_envelope
+
+
+def _check_hidden_irreps(value: str) -> str:
+    """Valid e3nn irreps with scalars (0e) for the readout."""
+    try:
+        irreps = e3nn.Irreps(value)
+    except (ValueError, AssertionError) as e:
+        raise ValueError(f"not e3nn irreps ({e})") from None
+    if not irreps.filter(keep=["0e"]).num_irreps:
+        raise ValueError("needs at least one 0e (scalar) channel for the site-energy readout")
+    return value
 
 
 def hidden_irreps_for(channels: int, l_max: int, parity: bool) -> e3nn.Irreps:
@@ -24,20 +40,6 @@ def hidden_irreps_for(channels: int, l_max: int, parity: bool) -> e3nn.Irreps:
         if parity:
             irreps.append(f"{channels}x{l}{'o' if natural == 'e' else 'e'}")
     return e3nn.Irreps("+".join(irreps))
-
-
-class RadialMLP(nn.Module):
-    """Distances → per-edge weights: Bessel basis × envelope → MLP (SiLU)."""
-
-    features: tuple[int, ...]
-    num_out: int
-
-    @nn.compact
-    def __call__(self, basis: jnp.ndarray) -> jnp.ndarray:
-        x = basis
-        for f in self.features:
-            x = jax.nn.silu(nn.Dense(f, use_bias=False)(x))
-        return nn.Dense(self.num_out, use_bias=False)(x)
 
 
 class Interaction(nn.Module):
@@ -63,7 +65,9 @@ class Interaction(nn.Module):
         )
         h = e3nn.flax.Linear(x.irreps, name="linear_up")(x)
         messages = e3nn.tensor_product(h[senders], sh, filter_ir_out=gate_in.regroup())
-        weights = RadialMLP(self.radial_features, messages.irreps.num_irreps, name="radial")(radial)
+        # parameter names Dense_<i>: those of saved models
+        weights = MLP(tuple(self.radial_features) + (messages.irreps.num_irreps,), use_bias=False, layer_prefix="Dense",
+                      name="radial")(radial)
         messages = messages * (weights * edge_mask[:, None].astype(weights.dtype))
         agg = e3nn.scatter_sum(messages, dst=receivers, output_size=x.shape[0])
         agg = agg / jnp.sqrt(self.avg_num_neighbors).astype(agg.dtype)
@@ -72,7 +76,7 @@ class Interaction(nn.Module):
         return y + self_connection
 
 
-class NequIP(nn.Module):
+class NequIP(SiteModel):
     """E(3)-equivariant interatomic potential (NequIP-like); outputs site energies.
 
     Hyper-parameters:
@@ -94,18 +98,19 @@ class NequIP(nn.Module):
     Returns (N,) dimensionless site outputs (`Potential` scales them to eV).
     """
 
-    channels: int = 32
-    l_max: int = 2
+    channels: PositiveInt = 32
+    l_max: Annotated[int, Field(ge=0, le=8)] = 2
     parity: bool = True
-    num_layers: int = 3
-    num_basis: int = 8
-    radial_features: tuple[int, ...] = (64, 64)
-    envelope_p: int = 6
-    readout_features: int = 16
-    hidden_irreps: str | None = None
-    cutoff: float = 5.0
-    num_species: int = 1
-    avg_num_neighbors: float = 1.0
+    num_layers: PositiveInt = 3
+    num_basis: PositiveInt = 8
+    radial_features: Widths = (64, 64)
+    envelope_p: EnvelopeOrder = 6
+    readout_features: PositiveInt = 16
+    hidden_irreps: Annotated[str, AfterValidator(_check_hidden_irreps)] | None = None
+
+    @property
+    def receptive_hops(self) -> int:
+        return int(self.num_layers)
 
     @nn.compact
     def __call__(self, vectors, species, senders, receivers, edge_mask):

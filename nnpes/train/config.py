@@ -1,25 +1,25 @@
 """Typed, frozen training configuration validated from YAML.
 
 Unknown keys, wrong types and impossible values are refused with one line naming the key.
-Model hyper-parameters are not copied here by hand: each family's schema is generated from
-its flax module's fields (``nnpes.models.FAMILIES``), so the config always matches the code.
+Model hyper-parameters are not copied here by hand: each family's schema, ranges included, is
+generated from its flax module's annotated fields (:func:`nnpes.models.base.hyperparameter_schema`),
+so the config always matches the code.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import types
 import typing
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nnpes.errors import ConfigError
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
-# Filled in from data by Potential.create; never set by users.
-_MODEL_INTERNAL = ("cutoff", "num_species", "avg_num_neighbors", "parent", "name")
 
 
 class DataConfig(BaseModel):
@@ -81,28 +81,35 @@ class TrainingConfig(BaseModel):
 
 
 def _model_schema(family: str, cls) -> type[BaseModel]:
-    hints = typing.get_type_hints(cls)
-    fields: dict[str, Any] = {
-        "family": (Literal[family], ...),
-        "cutoff": (float, Field(5.0, gt=0.0, description="Å")),
-    }
-    for f in dataclasses.fields(cls):
-        if f.name in _MODEL_INTERNAL:
-            continue
-        fields[f.name] = (hints[f.name], f.default)
-    return create_model(f"{cls.__name__}Config", __config__=_STRICT, **fields)
+    """``model:`` section of one family: its name, the cutoff and its hyper-parameters."""
+    from nnpes.models.base import hyperparameter_schema
+
+    extra = {"family": (Literal[family], ...), "cutoff": (float, Field(5.0, gt=0.0, description="Å"))}
+    return hyperparameter_schema(cls, extra, name=f"{cls.__name__}Config")
 
 
-def _model_union():
+def model_section(value: Any) -> BaseModel:
+    """The ``model:`` section validated by its family's schema, looked up when it is validated,
+    so a family registered at any time (:func:`nnpes.models.register_family`) is a config family.
+
+    Raises:
+        ValueError: one line naming the key (``model.<key>``).
+    """
     from nnpes.models import FAMILIES
 
-    schemas = tuple(_model_schema(name, cls) for name, cls in FAMILIES.items())
-    if len(schemas) == 1:
-        return schemas[0]
-    return Annotated[Union[schemas], Field(discriminator="family")]  # noqa: UP007
-
-
-ModelConfig = _model_union()
+    if isinstance(value, BaseModel):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"key 'model' must be a mapping with a 'family' key, got {value!r}")
+    family = value.get("family")
+    if "family" not in value:
+        raise ValueError("missing required key 'model.family'")
+    if family not in FAMILIES:
+        raise ValueError(f"key 'model.family' has value {family!r}; allowed values: {sorted(FAMILIES)}")
+    try:
+        return _model_schema(family, FAMILIES[family]).model_validate(value)
+    except ValidationError as err:
+        raise ValueError(_describe_error(err.errors()[0], ["model"], family)) from None
 
 
 class Config(BaseModel):
@@ -113,10 +120,15 @@ class Config(BaseModel):
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
     data: DataConfig
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(family="nequip"))  # type: ignore[call-arg]
+    model: Any = Field(default_factory=lambda: model_section({"family": "nequip"}))
     loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     training: TrainingConfig = TrainingConfig()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, v: Any) -> BaseModel:
+        return model_section(v)
 
     @field_validator("workdir")
     @classmethod
@@ -127,10 +139,10 @@ class Config(BaseModel):
 
     def build_model(self):
         """The flax module this config describes (hyper-parameters only)."""
-        from nnpes.models import FAMILIES
+        from nnpes.models import family_class
 
         kwargs = self.model.model_dump(exclude={"family", "cutoff"})
-        return FAMILIES[self.model.family](**kwargs)
+        return family_class(self.model.family)(**kwargs)
 
 
 # Keys that may change when a run resumes (only budgets).
@@ -140,28 +152,26 @@ RESUMABLE_CHANGES = ("training.max_steps", "training.max_epochs", "training.time
 
 def _describe(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
-    tags = _family_tags()
-    loc = [str(p) for p in e["loc"]]
-    family = next((p for p in loc if p in tags), None)
-    key = ".".join(p for p in loc if p not in tags)
+    if [str(p) for p in e["loc"]] == ["model"] and e["type"] == "value_error":
+        return f"{source}: {e['ctx']['error']}"  # already one line naming the key (model_section)
+    return f"{source}: {_describe_error(e, [], None)}"
+
+
+def _describe_error(e: dict, prefix: list[str], family: str | None) -> str:
+    """One pydantic error → one line naming the dotted key (``prefix`` + the error's location)."""
+    key = ".".join(prefix + [str(p) for p in e["loc"]])
     kind = e["type"]
     if kind == "extra_forbidden":
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         allowed = _allowed_keys(parent, family)
-        return f"{source}: unknown key '{key}'" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+        return f"unknown key '{key}'" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
     if kind == "missing":
-        return f"{source}: missing required key '{key}'"
-    if kind in ("literal_error", "union_tag_invalid", "union_tag_not_found"):
-        ctx = e.get("ctx", {})
-        expected = ctx.get("expected") or ctx.get("expected_tags") or sorted(tags)
-        return f"{source}: key '{key}' has value {e.get('input')!r}; allowed values: {expected}"
-    return f"{source}: key '{key}': {e['msg']} (got {e.get('input')!r})"
-
-
-def _family_tags() -> set[str]:
-    from nnpes.models import FAMILIES
-
-    return set(FAMILIES)
+        return f"missing required key '{key}'"
+    if kind == "literal_error":
+        return f"key '{key}' has value {e.get('input')!r}; allowed values: {e.get('ctx', {}).get('expected')}"
+    if kind == "value_error" and not e["loc"]:  # a family's cross-field check: its message names the keys
+        return f"key '{key}': {e['ctx']['error']}"
+    return f"key '{key}': {e['msg']} (got {e.get('input')!r})"
 
 
 def _allowed_keys(parent: str, family: str | None) -> list[str]:
@@ -281,16 +291,38 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     return [k for k in keys if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
 
 
+_BOUNDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<", "min_length": "length ≥", "max_length": "length ≤"}
+
+
+def describe_type(ann: Any, metadata: Sequence[Any] = ()) -> str:
+    """A readable type with its range, e.g. ``int ≥ 1``, ``tuple[float > 0, ...] or None``."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Annotated:
+        return describe_type(args[0], [*metadata, *args[1:]])
+    if origin is Literal:
+        text = " / ".join(repr(a) for a in args)
+    elif origin in (Union, types.UnionType):  # bounds apply to the non-None member
+        return " or ".join("None" if a is type(None) else describe_type(a, metadata) for a in args)
+    elif origin is tuple:
+        text = f"tuple[{describe_type(args[0])}, ...]" if len(args) == 2 and args[1] is Ellipsis else \
+            f"tuple[{', '.join(describe_type(a) for a in args)}]"
+    elif origin is list:
+        text = f"list[{describe_type(args[0])}]"
+    else:
+        text = getattr(ann, "__name__", str(ann))
+    bounds = []
+    for meta in metadata:
+        for item in [meta, *getattr(meta, "metadata", [])]:  # a FieldInfo carries its bounds in .metadata
+            for attr, symbol in _BOUNDS.items():
+                if getattr(item, attr, None) is not None and type(item).__name__.lower().startswith(attr[:2]):
+                    bounds.append(f"{symbol} {getattr(item, attr)}")
+    return " ".join([text, *dict.fromkeys(bounds)])
+
+
 def reference_markdown() -> str:
     """The config reference for the README, generated from the config classes (never by hand):
     ``nnpes config``."""
     from nnpes.models import FAMILIES
-
-    def type_name(ann) -> str:
-        if typing.get_origin(ann) is Literal:
-            return " / ".join(repr(a) for a in typing.get_args(ann))
-        return (getattr(ann, "__name__", None) if typing.get_origin(ann) is None else None) or \
-            str(ann).replace("typing.", "").replace("|", "or")
 
     def rows(model: type[BaseModel], prefix: str) -> list[str]:
         out = []
@@ -299,7 +331,7 @@ def reference_markdown() -> str:
             if name == "model" or (isinstance(ann, type) and issubclass(ann, BaseModel)):
                 continue
             default = "required" if field.is_required() else f"`{field.get_default(call_default_factory=False)!r}`"
-            out.append(f"| `{prefix}{name}` | {type_name(ann)} | {default} |")
+            out.append(f"| `{prefix}{name}` | {describe_type(ann, field.metadata)} | {default} |")
         return out
 
     lines = ["| key | type | default |", "|---|---|---|"]

@@ -1,35 +1,26 @@
-"""Data: bad files fail with one line naming the file and frame; labels convert correctly;
-neighbour lists match brute force; padded batches keep real and padding data apart.
-
-No model is compiled here: these tests are host-side and fast.
-"""
+"""Files → frames (nnpes/data/io.py): bad files fail with one line naming the file and frame;
+labels convert correctly (virial → stress, Voigt → 3×3). Host-side: no model is compiled."""
 
 from __future__ import annotations
 
-import itertools
 from importlib import resources
 
 import ase
 import ase.build
 import ase.io
-import jraph
 import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from nnpes.data.graph import (
-    batch_graphs,
-    bucket,
     frame_to_graph,
-    pad_sizes,
     species_indices,
 )
 from nnpes.data.io import MIN_DISTANCE_A, frame_from_atoms, read_frames
-from nnpes.data.neighbors import neighbor_list
 from nnpes.errors import DataError, ModelError
 
 pytestmark = pytest.mark.usefixtures("debug_nans")
+
 
 # -- helpers -------------------------------------------------------------------------------------
 def water(energy=-14.0, forces=None, shift=0.0) -> ase.Atoms:
@@ -256,143 +247,3 @@ def test_shared_ci_files_read_with_stress(shared_data):
         assert f.stress.shape == (3, 3) and np.allclose(f.stress, f.stress.T)
 
 
-# -- neighbour lists -----------------------------------------------------------------------------
-def brute_force_pairs(positions, cell, pbc, cutoff) -> set:
-    """Every (i, j, shift) with |R_j − R_i + shift·cell| < cutoff, by looping over all images."""
-    pbc = np.asarray(pbc, bool)
-    reach = np.zeros(3, int)
-    if pbc.any():
-        volume = abs(np.linalg.det(cell))
-        for k in range(3):
-            if pbc[k]:  # images up to the cutoff over the spacing of lattice planes, plus one
-                height = volume / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]))
-                reach[k] = int(np.ceil(cutoff / height)) + 1
-    pairs = set()
-    for shift in itertools.product(*(range(-r, r + 1) for r in reach)):
-        offset = np.asarray(shift) @ cell if pbc.any() else np.zeros(3)
-        d = positions[None, :, :] - positions[:, None, :] + offset  # d[i, j] = R_j − R_i + offset
-        close = np.linalg.norm(d, axis=-1) < cutoff
-        for i, j in zip(*np.nonzero(close)):
-            if i != j or any(shift):
-                pairs.add((int(i), int(j), tuple(int(s) for s in shift)))
-    return pairs
-
-
-def nnpes_pairs(atoms, cutoff) -> set:
-    nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
-    return {(int(i), int(j), tuple(int(s) for s in shift)) for i, j, shift in zip(nl.receivers, nl.senders, nl.shifts)}
-
-
-def _triclinic_small_cell():
-    cell = np.array([[2.8, 0.0, 0.0], [0.9, 2.6, 0.0], [0.4, -0.7, 3.1]])
-    frac = np.random.default_rng(0).random((3, 3))
-    return ase.Atoms("CuOH", scaled_positions=frac, cell=cell, pbc=True)
-
-
-def _mixed_pbc_slab():
-    slab = ase.build.fcc111("Cu", size=(2, 2, 2), vacuum=4.0, a=3.6)
-    slab.rattle(0.05, seed=2)
-    slab.pbc = (True, True, False)
-    return slab
-
-
-NEIGHBOR_CASES = {
-    "molecule": lambda: ase.build.molecule("CH3CH2OH"),
-    "triclinic_cell_smaller_than_2rc": _triclinic_small_cell,
-    "mixed_pbc_slab": _mixed_pbc_slab,
-    "one_atom_fcc_cell": lambda: ase.build.bulk("Cu", "fcc", a=3.6),
-}
-
-
-@pytest.mark.parametrize("case", sorted(NEIGHBOR_CASES))
-def test_neighbor_list_matches_brute_force_and_ase(case):
-    atoms = NEIGHBOR_CASES[case]()
-    cutoff = 4.0
-    if atoms.pbc.any():
-        assert min(atoms.cell.cellpar()[:3][atoms.pbc]) < 2 * cutoff  # several images per pair
-    ours = nnpes_pairs(atoms, cutoff)
-    assert ours == brute_force_pairs(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
-    i, j, shifts = ase_neighbor_list("ijS", atoms, cutoff)
-    assert ours == {(int(a), int(b), tuple(int(s) for s in c)) for a, b, c in zip(i, j, shifts)}
-    assert len(ours) > len(atoms)
-
-
-def test_neighbor_list_edge_vectors_follow_the_documented_convention():
-    atoms = _triclinic_small_cell()
-    cutoff = 4.0
-    nl = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
-    r = atoms.positions[nl.senders] - atoms.positions[nl.receivers] + nl.shifts @ atoms.cell.array
-    assert np.all(np.linalg.norm(r, axis=1) < cutoff)
-    # every edge has its reverse (j → i with the opposite shift)
-    edges = {(int(s), int(t), tuple(int(x) for x in k)) for s, t, k in zip(nl.senders, nl.receivers, nl.shifts)}
-    assert all((t, s, tuple(-x for x in k)) in edges for s, t, k in edges)
-
-
-# -- buckets and batches -----------------------------------------------------------------------------
-def test_bucket_is_at_least_n_with_at_most_25_percent_padding():
-    sizes = np.arange(1, 20001)
-    buckets = np.array([bucket(n) for n in sizes])
-    assert np.all(buckets >= sizes)
-    assert np.all(buckets[7:] <= 1.25 * sizes[7:])
-    assert np.all(buckets[:8] == 8)
-    assert np.all(np.diff(buckets) >= 0)
-    assert all(bucket(b) == b for b in set(buckets.tolist()))
-    assert len(set(buckets.tolist())) <= 4 * 12  # a handful per octave: few compilations
-
-
-def _labelled_graphs():
-    eth = ase.build.molecule("CH3CH2OH")
-    eth.calc = SinglePointCalculator(eth, energy=-10.0, forces=np.ones((9, 3)))
-    cu = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True)
-    cu.calc = SinglePointCalculator(cu, energy=-14.0, forces=np.zeros((4, 3)), stress=np.arange(6.0) * 0.01)
-    bare = ase.build.molecule("H2O")
-    return [frame_to_graph(frame_from_atoms(a), 3.0, (1, 6, 8, 29)) for a in (eth, cu, bare)]
-
-
-@pytest.mark.parametrize("extra", [(0, 0, 0), (5, 17, 2)], ids=["default", "extra_graphs"])
-def test_batch_masks_separate_real_and_padding(extra):
-    graphs = _labelled_graphs()
-    n_node, n_edge, n_graph = (a + b for a, b in zip(pad_sizes(graphs), extra))
-    batch = batch_graphs(graphs, n_node, n_edge, n_graph, dtype=np.float64)
-    real_nodes = sum(g.n_node for g in graphs)
-    real_edges = sum(g.n_edge for g in graphs)
-
-    assert batch.nodes["positions"].shape == (n_node, 3) and batch.senders.shape == (n_edge,)
-    assert batch.n_node.sum() == n_node and batch.n_edge.sum() == n_edge and len(batch.n_node) == n_graph
-    node_mask = np.asarray(jraph.get_node_padding_mask(batch))
-    edge_mask = np.asarray(jraph.get_edge_padding_mask(batch))
-    assert node_mask.sum() == real_nodes and node_mask[:real_nodes].all()
-    assert edge_mask.sum() == real_edges and edge_mask[:real_edges].all()
-    # padding edges join padding nodes only; real edges join real nodes of the same graph
-    assert np.all(batch.senders[real_edges:] >= real_nodes) and np.all(batch.receivers[real_edges:] >= real_nodes)
-    node_graph = np.repeat(np.arange(n_graph), batch.n_node)
-    edge_graph = np.repeat(np.arange(n_graph), batch.n_edge)
-    assert np.all(node_graph[batch.senders] == edge_graph) and np.all(node_graph[batch.receivers] == edge_graph)
-    # labels: flags exactly where a label exists; padding and empty graphs carry none
-    g = batch.globals
-    np.testing.assert_array_equal(g["has_energy"][:3], [1, 1, 0])
-    np.testing.assert_array_equal(g["has_forces"][:3], [1, 1, 0])
-    np.testing.assert_array_equal(g["has_stress"][:3], [0, 1, 0])
-    for key in ("has_energy", "has_forces", "has_stress", "energy"):
-        assert np.all(g[key][3:] == 0)
-    assert np.all(batch.nodes["forces"][real_nodes:] == 0)
-    np.testing.assert_array_equal(g["cell"][0], np.zeros((3, 3)))  # molecule: no cell
-    np.testing.assert_allclose(g["cell"][1], 3.6 * np.eye(3))
-    np.testing.assert_array_equal(batch.nodes["species"][:9], species_indices(graphs[0].numbers, (1, 6, 8, 29)))
-
-
-def test_batch_with_too_little_padding_is_refused():
-    graphs = _labelled_graphs()
-    n_node, n_edge, n_graph = pad_sizes(graphs)
-    real_nodes = sum(g.n_node for g in graphs)
-    with pytest.raises(ValueError):
-        batch_graphs(graphs, n_node=real_nodes)  # no room for the padding node
-    with pytest.raises(ValueError):
-        batch_graphs(graphs, n_graph=len(graphs))  # no padding graph
-
-
-def test_pad_sizes_leave_room_for_one_padding_node_and_graph():
-    graphs = _labelled_graphs()
-    n_node, n_edge, n_graph = pad_sizes(graphs)
-    assert n_node > sum(g.n_node for g in graphs) and n_edge >= sum(g.n_edge for g in graphs)
-    assert n_graph == len(graphs) + 1

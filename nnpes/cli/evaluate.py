@@ -7,10 +7,6 @@ import os
 
 import numpy as np
 
-from nnpes.data.io import read_frames
-from nnpes.evaluate import evaluate_frames
-from nnpes.md.ase import resolve_dtype
-from nnpes.potential import load
 
 _COLUMNS = [
     ("frames", "frames", "{:d}"),
@@ -24,11 +20,30 @@ _COLUMNS = [
 ]
 
 
+def register(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="errors of a model on labelled files")
+    p.add_argument("model", help="model directory or run directory")
+    p.add_argument("data", nargs="+", help="ASE-readable labelled files")
+    p.add_argument("--json", help="write metrics as JSON to this file")
+    p.add_argument("--plot", help="write energy and force parity plots to this PNG")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--energy-key", default="energy")
+    p.add_argument("--forces-key", default="forces")
+    p.add_argument("--stress-key", default="stress")
+    p.set_defaults(func=run)
+
+
 def run(args) -> int:
     import jax
 
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    from nnpes.data.io import read_frames
+    from nnpes.evaluate import evaluate_frames
+    from nnpes.md.calculator import resolve_dtype
+    from nnpes.potential import load
+
     potential = load(args.model).astype(resolve_dtype(args.dtype))
     files, parity = [], []
     for path in args.data:

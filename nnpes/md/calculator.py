@@ -11,7 +11,7 @@ from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 
 from nnpes.data.graph import batch_graphs, frame_to_graph
-from nnpes.data.io import frame_from_atoms
+from nnpes.data.io import frame_from_atoms, matrix_to_voigt
 from nnpes.errors import ModelError
 from nnpes.physics import evaluate
 from nnpes.potential import Potential, load
@@ -60,11 +60,9 @@ class Calculator(_AseCalculator):
         batch = batch_graphs([graph], dtype=self.dtype)
         out = jax.device_get(evaluate(self.potential, batch, compute_stress=periodic))
         n = len(atoms)
-        reference = self.potential.reference_energy(atoms.numbers)
-        energy = float(np.float64(out["interaction_energy"][0])) + reference
+        energy = self.potential.total_energy(out["interaction_energy"][0], atoms.numbers)
         self.results["energy"] = self.results["free_energy"] = energy
         self.results["forces"] = np.asarray(out["forces"][:n], np.float64)
         self.results["energies"] = np.asarray(out["site_energies"][:n], np.float64)
         if periodic:
-            s = np.asarray(out["stress"][0], np.float64)
-            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            self.results["stress"] = matrix_to_voigt(out["stress"][0])

@@ -1,0 +1,208 @@
+"""Model directories on disk: ``potential.json`` (everything but the weights) + ``params.msgpack``.
+
+Format 2 (written now) adds to format 1 the model class's import path (and source file, for
+a module defined in a user's script) and the list of physical terms; format 1 directories
+still load. Loading checks that the weights fit the hyper-parameters, parameter by parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nnpes.errors import ModelError
+from nnpes.models.base import FILLED_FIELDS, validate_hyperparameters
+from nnpes.terms import terms_from_json, terms_to_json
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+
+
+def potential_metadata(potential) -> dict:
+    """The JSON description of a potential (see the module docstring)."""
+    from nnpes import __version__
+    from nnpes.models import family_name
+
+    model = potential.model
+    hyper = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+             if f.name not in ("parent", "name") and f.name not in FILLED_FIELDS}
+    for key, value in hyper.items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            raise ModelError(f"cannot save {type(model).__name__}: hyper-parameter {key!r} = {value!r} is not "
+                             "JSON-serialisable (make it a number, string, bool or tuple)") from None
+    cls = type(model)
+    module = sys.modules.get(cls.__module__)
+    source = getattr(module, "__file__", None)
+    return {
+        "format_version": FORMAT_VERSION,
+        "nnpes_version": __version__,
+        "family": family_name(model),
+        "model_class": f"{cls.__module__}:{cls.__qualname__}",
+        "model_file": os.path.abspath(source) if source and not cls.__module__.startswith("nnpes.") else None,
+        "hyperparameters": hyper,
+        "atomic_numbers": list(potential.atomic_numbers),
+        "cutoff_a": potential.cutoff,
+        "avg_num_neighbors": potential.avg_num_neighbors,
+        "e0_ev": [float(x) for x in np.asarray(potential.e0, np.float64)],
+        "e0_method": potential.e0_method,
+        "scale_ev": [float(x) for x in np.asarray(potential.scale, np.float64)],
+        "terms": terms_to_json(potential.terms),
+    }
+
+
+def save(potential, directory: str | os.PathLike) -> None:
+    """Write the model directory atomically (a reader never sees a half-written model)."""
+    directory = os.path.abspath(os.fspath(directory))
+    parent = os.path.dirname(directory)
+    meta = potential_metadata(potential)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-model-", dir=parent)
+    try:
+        with open(os.path.join(tmp, "potential.json"), "w") as f:
+            json.dump(meta, f, indent=2)
+        params = jax.tree.map(np.asarray, potential.params)
+        with open(os.path.join(tmp, "params.msgpack"), "wb") as f:
+            f.write(flax.serialization.to_bytes(params))
+        os.chmod(tmp, 0o755)
+    except BaseException:  # a failed save leaves the previous model and no half-written copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.exists(directory):
+        old = tempfile.mkdtemp(prefix=".old-model-", dir=parent)
+        os.replace(directory, os.path.join(old, "m"))
+    os.replace(tmp, directory)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_metadata(directory: str) -> tuple[str, dict]:
+    if os.path.isdir(os.path.join(directory, "model")) and not os.path.exists(os.path.join(directory, "potential.json")):
+        directory = os.path.join(directory, "model")
+    meta_path = os.path.join(directory, "potential.json")
+    if not os.path.isfile(meta_path):
+        raise ModelError(f"{directory}: not a model directory (no potential.json)")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{meta_path}: not valid JSON ({e})") from None
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise ModelError(f"{meta_path}: format_version {meta.get('format_version')!r}; this nnpes reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
+    return directory, meta
+
+
+def model_class(meta: dict, where: str) -> type:
+    """The module class a saved model names: a registered family, else its recorded import
+    path, else its recorded source file (a class defined in a user's script)."""
+    from nnpes.models import FAMILIES
+
+    family = meta.get("family")
+    if family in FAMILIES:
+        return FAMILIES[family]
+    path = meta.get("model_class")
+    if not path:
+        raise ModelError(f"{where}: unknown model family {family!r}, expected one of {sorted(FAMILIES)}")
+    module_name, _, qualname = path.partition(":")
+    module = sys.modules.get(module_name) if module_name == "__main__" else None
+    if module is None or not hasattr(module, qualname):
+        what = f"model family {family!r} is not registered and model class {path}" if family else f"model class {path}"
+        module = _import_module(module_name, meta.get("model_file"), where, what)
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, type):
+        raise ModelError(f"{where}: model class {path} not found (register it with nnpes.models.register_family)")
+    return obj
+
+
+def _import_module(module_name: str, source: str | None, where: str, what: str):
+    if module_name != "__main__":
+        try:
+            return importlib.import_module(module_name)
+        except ImportError:
+            pass
+    if not source or not os.path.isfile(source):
+        raise ModelError(f"{where}: {what} cannot be imported (no source file {source!r}): put its module on "
+                         "PYTHONPATH or register it with nnpes.models.register_family")
+    # a user's script: run under another name, so its `if __name__ == "__main__":` part does not
+    name = "_nnpes_model_" + os.path.splitext(os.path.basename(source))[0]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, source)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise ModelError(f"{where}: importing {source} for {what} failed ({type(e).__name__}: {e})") from None
+    return module
+
+
+def _restore_params(params_path: str):
+    try:
+        with open(params_path, "rb") as f:
+            params = flax.serialization.msgpack_restore(f.read())
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"{params_path}: cannot restore parameters ({type(e).__name__}: {e})") from None
+    if not isinstance(params, dict) or "params" not in params:
+        raise ModelError(f"{params_path}: not a flax parameter file")
+    return params
+
+
+def check_weights_fit(model, params, cutoff: float, params_path: str) -> None:
+    """Raise one ModelError line naming the first parameter whose presence or shape differs
+    from what the hyper-parameters build (shapes only: nothing is computed)."""
+    from nnpes.potential import example_inputs
+
+    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), *example_inputs(cutoff))
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    have = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    for key in sorted(set(want) | set(have)):
+        if key not in have:
+            problem = f"parameter {key} is missing (the hyper-parameters need shape {want[key]})"
+        elif key not in want:
+            problem = f"parameter {key} {have[key]} is not part of a model with these hyper-parameters"
+        elif tuple(want[key]) != tuple(have[key]):
+            problem = f"parameter {key} has shape {tuple(have[key])}, the hyper-parameters need {tuple(want[key])}"
+        else:
+            continue
+        raise ModelError(f"{params_path}: weights do not fit the hyper-parameters in potential.json: {problem}")
+
+
+def load(directory: str | os.PathLike):
+    """See :func:`nnpes.load`."""
+    from nnpes.potential import Potential, fill_model
+
+    directory, meta = _read_metadata(os.fspath(directory))
+    meta_path = os.path.join(directory, "potential.json")
+    cls = model_class(meta, meta_path)
+    hyper = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["hyperparameters"].items()}
+    try:
+        model = cls(**hyper)
+        validate_hyperparameters(model, meta_path)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{meta_path}: hyper-parameters do not fit model class {cls.__name__} ({e})") from None
+    params_path = os.path.join(directory, "params.msgpack")
+    params = _restore_params(params_path)
+    model = fill_model(model, meta["cutoff_a"], len(meta["atomic_numbers"]), meta["avg_num_neighbors"])
+    check_weights_fit(model, params, meta["cutoff_a"], params_path)
+    return Potential.create(model, meta["atomic_numbers"], meta["cutoff_a"], e0=meta["e0_ev"],
+                            e0_method=meta["e0_method"], scale=meta["scale_ev"],
+                            avg_num_neighbors=meta["avg_num_neighbors"], params=jax.tree.map(jnp.asarray, params),
+                            terms=terms_from_json(meta.get("terms", []), meta_path))
