@@ -18,8 +18,17 @@ import sys
 import time
 
 _PREFIX = "RESULT "
-_OOM_SIGNS = ("MemoryError", "RESOURCE_EXHAUSTED", "std::bad_alloc", "Out of memory", "out of memory",
-              "Cannot allocate memory", "Resource exhausted", "failed to map segment", "mmap")
+_OOM_SIGNS = (
+    "MemoryError",
+    "RESOURCE_EXHAUSTED",
+    "std::bad_alloc",
+    "Out of memory",
+    "out of memory",
+    "Cannot allocate memory",
+    "Resource exhausted",
+    "failed to map segment",
+    "mmap",
+)
 # under an address-space limit, failed allocations in XLA's C++ surface as these signals
 _MEMORY_SIGNALS = (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS)
 
@@ -67,7 +76,7 @@ def run_limited(cmd: list[str], timeout_s: float, memory_gb: float, env: dict | 
     wall_s = time.perf_counter() - start
     lines = [line for line in proc.stdout.splitlines() if line.startswith(_PREFIX)]
     if proc.returncode == 0 and lines:
-        return {"status": "ok", "wall_s": wall_s, **json.loads(lines[-1][len(_PREFIX):])}
+        return {"status": "ok", "wall_s": wall_s, **json.loads(lines[-1][len(_PREFIX) :])}
     text = proc.stderr + proc.stdout
     if any(sign in text for sign in _OOM_SIGNS):
         return {"status": "oom", "detail": last_line(text, proc.returncode), "wall_s": wall_s}

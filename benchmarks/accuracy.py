@@ -28,8 +28,17 @@ PUBLISHED = {  # (energy MAE meV per molecule, force MAE meV/Å): NequIP, Batzne
 
 def run(molecule: str, budget_s: float, workdir: str) -> dict:
     config = os.path.join(ROOT, "configs", f"rmd17_{molecule}.yaml")
-    cmd = [sys.executable, "-m", "nnpes", "train", config, "--workdir", workdir,
-           f"training.time_budget_s={budget_s}", "training.progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nnpes",
+        "train",
+        config,
+        "--workdir",
+        workdir,
+        f"training.time_budget_s={budget_s}",
+        "training.progress=false",
+    ]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -38,9 +47,15 @@ def run(molecule: str, budget_s: float, workdir: str) -> dict:
     with open(os.path.join(workdir, "result.json")) as f:
         result = json.load(f)
     test = result["test"]
-    return {"molecule": molecule, "budget_s": budget_s, "wall_s": round(wall, 1), "steps": result["step"],
-            "energy_mae_mev": test["energy_mae_mev"], "forces_mae_mev_per_a": test["forces_mae_mev_per_a"],
-            "energy_mae_mev_per_atom": test["energy_mae_mev_per_atom"]}
+    return {
+        "molecule": molecule,
+        "budget_s": budget_s,
+        "wall_s": round(wall, 1),
+        "steps": result["step"],
+        "energy_mae_mev": test["energy_mae_mev"],
+        "forces_mae_mev_per_a": test["forces_mae_mev_per_a"],
+        "energy_mae_mev_per_atom": test["energy_mae_mev_per_atom"],
+    }
 
 
 def main() -> None:
@@ -59,8 +74,10 @@ def main() -> None:
         if "error" in r:
             print(f"{r['molecule']:10s} nnpes: {r['error']}")
             continue
-        print(f"{r['molecule']:10s} {'nnpes NequIP (' + str(int(r['budget_s'])) + ' s, this machine)':42s} "
-              f"{r['energy_mae_mev']:10.2f} {r['forces_mae_mev_per_a']:12.2f}")
+        print(
+            f"{r['molecule']:10s} {'nnpes NequIP (' + str(int(r['budget_s'])) + ' s, this machine)':42s} "
+            f"{r['energy_mae_mev']:10.2f} {r['forces_mae_mev_per_a']:12.2f}"
+        )
         for name, (e, f) in PUBLISHED.get(r["molecule"], {}).items():
             print(f"{'':10s} {name:42s} {e:10.2f} {f:12.2f}")
     with open(args.json, "w") as f:

@@ -41,8 +41,11 @@ def cubic_repeats(n_atoms: int) -> tuple[int, int, int]:
     if n_atoms % 4:
         raise SystemExit(f"fcc sizes must be multiples of 4 atoms, got {n_atoms}")
     cells = n_atoms // 4
-    triples = [(a, b, cells // (a * b)) for a, b in itertools.product(range(1, cells + 1), repeat=2)
-               if cells % (a * b) == 0 and a <= b <= cells // (a * b)]
+    triples = [
+        (a, b, cells // (a * b))
+        for a, b in itertools.product(range(1, cells + 1), repeat=2)
+        if cells % (a * b) == 0 and a <= b <= cells // (a * b)
+    ]
     return min(triples, key=lambda t: t[2] / t[0])
 
 
@@ -103,7 +106,9 @@ def fit_exponent(sizes, times) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000, 4000], help="atom counts (multiples of 4)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[500, 1000, 2000, 4000], help="atom counts (multiples of 4)"
+    )
     parser.add_argument("--cutoff", type=float, default=8.0, help="cutoff, Å")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per size after the first")
     parser.add_argument("--json", default=DEFAULT_JSON, help="where to write the results")
@@ -116,15 +121,25 @@ def main(argv=None) -> int:
 
     rows = []
     for n in args.sizes:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(n), "--cutoff", str(args.cutoff),
-               "--repeats", str(args.repeats)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            str(n),
+            "--cutoff",
+            str(args.cutoff),
+            "--repeats",
+            str(args.repeats),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             raise SystemExit(f"size {n}: worker failed with status {proc.returncode}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"  done N={n}: {r['median_s']:.3f} s/call, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+        print(
+            f"  done N={n}: {r['median_s']:.3f} s/call, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True
+        )
 
     sizes = [r["n_atoms"] for r in rows]
     exponent = fit_exponent(sizes, [r["min_s"] for r in rows]) if len(rows) > 1 else float("nan")
@@ -132,14 +147,20 @@ def main(argv=None) -> int:
     peak_gb = max(r["peak_rss_mb"] for r in rows) / 1024.0
     passed = peak_gb < MAX_RSS_GB and (len(rows) < 2 or exponent <= MAX_EXPONENT)
 
-    print(f"Behler-Parrinello (default descriptors, {rows[0]['num_features']} features), fcc Cu, "
-          f"cutoff {args.cutoff} Å, energy+forces, float32, backend {rows[0]['backend']}")
-    print(f"{'atoms':>6} {'edges':>9} {'nbrs/atom':>9} {'nlist s':>8} {'1st call s':>10} "
-          f"{'median s':>9} {'min s':>8} {'µs/atom':>8} {'peak RSS MB':>11}")
+    print(
+        f"Behler-Parrinello (default descriptors, {rows[0]['num_features']} features), fcc Cu, "
+        f"cutoff {args.cutoff} Å, energy+forces, float32, backend {rows[0]['backend']}"
+    )
+    print(
+        f"{'atoms':>6} {'edges':>9} {'nbrs/atom':>9} {'nlist s':>8} {'1st call s':>10} "
+        f"{'median s':>9} {'min s':>8} {'µs/atom':>8} {'peak RSS MB':>11}"
+    )
     for r in rows:
-        print(f"{r['n_atoms']:>6} {r['n_edges']:>9} {r['neighbors_per_atom']:>9.1f} {r['neighbor_list_s']:>8.2f} "
-              f"{r['first_call_s']:>10.2f} {r['median_s']:>9.4f} {r['min_s']:>8.4f} "
-              f"{1e6 * r['min_s'] / r['n_atoms']:>8.1f} {r['peak_rss_mb']:>11.0f}")
+        print(
+            f"{r['n_atoms']:>6} {r['n_edges']:>9} {r['neighbors_per_atom']:>9.1f} {r['neighbor_list_s']:>8.2f} "
+            f"{r['first_call_s']:>10.2f} {r['median_s']:>9.4f} {r['min_s']:>8.4f} "
+            f"{1e6 * r['min_s'] / r['n_atoms']:>8.1f} {r['peak_rss_mb']:>11.0f}"
+        )
     print(f"time ∝ N^{exponent:.3f} (min over repeats; medians: N^{exponent_median:.3f}); limit {MAX_EXPONENT}")
     print(f"peak RSS {peak_gb:.2f} GB; limit {MAX_RSS_GB} GB -> {'PASS' if passed else 'FAIL'}")
 

@@ -119,17 +119,28 @@ def train_worker(family: str, args) -> dict:
     from nnpes.train import load_config, train
 
     overrides = family_overrides(args.config, family) + [
-        f"training.time_budget_s={args.budget_s}", "training.progress=false", f"data.test={args.test}"]
+        f"training.time_budget_s={args.budget_s}",
+        "training.progress=false",
+        f"data.test={args.test}",
+    ]
     cfg = load_config(args.config, overrides, workdir=os.path.join(args.workdir, family))
     result = train(cfg, args.config)
     potential = nnpes.load(result.model_dir)
     test = result.test or {}
-    return {"family": family, "overrides": overrides, "params": num_params(potential.params),
-            "steps": result.step, "stop_reason": result.stop_reason, "elapsed_s": result.elapsed_s,
-            "test_energy_mae_mev": test.get("energy_mae_mev"),
-            "test_energy_mae_mev_per_atom": test.get("energy_mae_mev_per_atom"),
-            "test_forces_mae_mev_per_a": test.get("forces_mae_mev_per_a"),
-            "test": test, "best_validation": result.best_validation, "model_dir": result.model_dir}
+    return {
+        "family": family,
+        "overrides": overrides,
+        "params": num_params(potential.params),
+        "steps": result.step,
+        "stop_reason": result.stop_reason,
+        "elapsed_s": result.elapsed_s,
+        "test_energy_mae_mev": test.get("energy_mae_mev"),
+        "test_energy_mae_mev_per_atom": test.get("energy_mae_mev_per_atom"),
+        "test_forces_mae_mev_per_a": test.get("forces_mae_mev_per_a"),
+        "test": test,
+        "best_validation": result.best_validation,
+        "model_dir": result.model_dir,
+    }
 
 
 def time_nnpes(family: str, n_atoms: int, args) -> dict:
@@ -155,9 +166,16 @@ def time_nnpes(family: str, n_atoms: int, args) -> dict:
     out = jax.block_until_ready(compiled(potential, batch))
     step_ms, times = median_ms(lambda: jax.block_until_ready(compiled(potential, batch)), args.repeats)
     forces = np.asarray(out["forces"][: len(atoms)])
-    return {"atoms": len(atoms), "edges": int(graph.n_edge), "padded_edges": int(batch.senders.shape[0]),
-            "neighbor_ms": neighbor_ms, "compile_s": compile_s, "step_ms": step_ms, "step_ms_all": times,
-            "finite": bool(np.isfinite(forces).all() and np.isfinite(float(out["energy"][0])))}
+    return {
+        "atoms": len(atoms),
+        "edges": int(graph.n_edge),
+        "padded_edges": int(batch.senders.shape[0]),
+        "neighbor_ms": neighbor_ms,
+        "compile_s": compile_s,
+        "step_ms": step_ms,
+        "step_ms_all": times,
+        "finite": bool(np.isfinite(forces).all() and np.isfinite(float(out["energy"][0]))),
+    }
 
 
 def time_jaxmd_bp(case: str, n_atoms: int, args) -> dict:
@@ -174,9 +192,15 @@ def time_jaxmd_bp(case: str, n_atoms: int, args) -> dict:
     displacement, _ = space.periodic(side)
     bp = bp_hyperparameters(args)
     neighbor_fn, energy_fn = energy.behler_parrinello_neighbor_list(
-        displacement, side, key=jax.random.PRNGKey(0), species=species, mlp_sizes=bp["hidden"],
-        sym_kwargs={"cutoff_distance": bp["cutoff"]}, dr_threshold=0.0,
-        format=partition.Dense if case.endswith("dense") else partition.Sparse)
+        displacement,
+        side,
+        key=jax.random.PRNGKey(0),
+        species=species,
+        mlp_sizes=bp["hidden"],
+        sym_kwargs={"cutoff_distance": bp["cutoff"]},
+        dr_threshold=0.0,
+        format=partition.Dense if case.endswith("dense") else partition.Sparse,
+    )
 
     start = time.perf_counter()
     nbrs = neighbor_fn.allocate(positions)
@@ -195,10 +219,18 @@ def time_jaxmd_bp(case: str, n_atoms: int, args) -> dict:
     step_ms, times = median_ms(lambda: jax.block_until_ready(compiled(params, positions, nbrs)), args.repeats)
     idx = np.asarray(nbrs.idx)  # Dense: (N, K) neighbours of each atom; Sparse: (2, capacity)
     real = idx < len(atoms) if case.endswith("dense") else idx[0] < len(atoms)
-    return {"atoms": len(atoms), "edges": int(real.sum()), "padded_edges": int(real.size),
-            "neighbor_ms": neighbor_ms, "compile_s": compile_s, "step_ms": step_ms, "step_ms_all": times,
-            "params": num_params(params), "overflow": bool(nbrs.did_buffer_overflow),
-            "finite": bool(np.isfinite(float(e)) and np.isfinite(np.asarray(grad)).all())}
+    return {
+        "atoms": len(atoms),
+        "edges": int(real.sum()),
+        "padded_edges": int(real.size),
+        "neighbor_ms": neighbor_ms,
+        "compile_s": compile_s,
+        "step_ms": step_ms,
+        "step_ms_all": times,
+        "params": num_params(params),
+        "overflow": bool(nbrs.did_buffer_overflow),
+        "finite": bool(np.isfinite(float(e)) and np.isfinite(np.asarray(grad)).all()),
+    }
 
 
 def bp_hyperparameters(args) -> dict:
@@ -222,28 +254,48 @@ def worker(kind: str, name: str, n_atoms: int, args) -> None:
 
 # -- driver ----------------------------------------------------------------------------------------
 def run(kind: str, name: str, n_atoms: int, args, timeout_s: float) -> dict:
-    cmd = worker_command(__file__, kind, name, str(n_atoms), "--config", args.config, "--test", args.test,
-                         "--workdir", args.workdir, "--budget-s", str(args.budget_s), "--repeats", str(args.repeats))
+    cmd = worker_command(
+        __file__,
+        kind,
+        name,
+        str(n_atoms),
+        "--config",
+        args.config,
+        "--test",
+        args.test,
+        "--workdir",
+        args.workdir,
+        "--budget-s",
+        str(args.budget_s),
+        "--repeats",
+        str(args.repeats),
+    )
     return run_limited(cmd, timeout_s, args.memory_gb)
 
 
 def table(rows: list[dict], atoms: list[int], atoms_used: dict) -> str:
     """One line per family: parameters, training steps, test MAEs, ms per call and compile s per size."""
     speed_heads = "".join(f" {f'ms@{atoms_used[n] or n}':>9} {f'comp s@{atoms_used[n] or n}':>11}" for n in atoms)
-    head = (f"{'family':<18} {'params':>8} {'steps':>6} {'stop':>11} {'E MAE meV':>10} {'F MAE meV/A':>11}"
-            + speed_heads
-            + "  status")
+    head = (
+        f"{'family':<18} {'params':>8} {'steps':>6} {'stop':>11} {'E MAE meV':>10} {'F MAE meV/A':>11}"
+        + speed_heads
+        + "  status"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         train = r.get("train", {})
-        speed = "".join(f" {fmt(r['speed'][n].get('step_ms'), '.1f'):>9} "
-                        f"{fmt(r['speed'][n].get('compile_s'), '.1f'):>11}" for n in atoms)
+        speed = "".join(
+            f" {fmt(r['speed'][n].get('step_ms'), '.1f'):>9} {fmt(r['speed'][n].get('compile_s'), '.1f'):>11}"
+            for n in atoms
+        )
         notes = [f"train {train['status']}"] if train and train["status"] != "ok" else []
         notes += [f"{n}: {r['speed'][n]['status']}" for n in atoms if r["speed"][n]["status"] != "ok"]
-        lines.append(f"{r['family']:<18} {fmt(r.get('params'), 'd'):>8} {fmt(train.get('steps'), 'd'):>6} "
-                     f"{train.get('stop_reason', '-'):>11} "
-                     f"{fmt(train.get('test_energy_mae_mev'), '.1f'):>10} "
-                     f"{fmt(train.get('test_forces_mae_mev_per_a'), '.1f'):>11}{speed}  {'; '.join(notes) or 'ok'}")
+        lines.append(
+            f"{r['family']:<18} {fmt(r.get('params'), 'd'):>8} {fmt(train.get('steps'), 'd'):>6} "
+            f"{train.get('stop_reason', '-'):>11} "
+            f"{fmt(train.get('test_energy_mae_mev'), '.1f'):>10} "
+            f"{fmt(train.get('test_forces_mae_mev_per_a'), '.1f'):>11}{speed}  {'; '.join(notes) or 'ok'}"
+        )
     return "\n".join(lines)
 
 
@@ -253,8 +305,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget-s", type=float, default=300.0, help="wall-clock training budget per family, s")
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "quickstart.yaml"), help="base config")
-    default_test = SHARED_TEST if os.path.isfile(SHARED_TEST) else os.path.join(ROOT, "nnpes", "data", "files",
-                                                                                 "ethanol_test.xyz")
+    default_test = (
+        SHARED_TEST if os.path.isfile(SHARED_TEST) else os.path.join(ROOT, "nnpes", "data", "files", "ethanol_test.xyz")
+    )
     parser.add_argument("--test", default=default_test, help="test frames (extended XYZ)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--atoms", type=int, nargs="+", default=[256, 2048], help="water box sizes (~atoms)")
@@ -286,8 +339,10 @@ def main(argv=None) -> None:
                 train = json.load(f)
         else:
             if os.path.exists(os.path.join(args.workdir, family)):
-                parser.error(f"{os.path.join(args.workdir, family)} exists (a run there would resume): "
-                             "pass --reuse or another --workdir")
+                parser.error(
+                    f"{os.path.join(args.workdir, family)} exists (a run there would resume): "
+                    "pass --reuse or another --workdir"
+                )
             print(f"training {family} for {args.budget_s:g} s ...", file=sys.stderr, flush=True)
             train = run("train", family, 0, args, timeout_s=args.budget_s + args.timeout)
             if train["status"] == "ok":
@@ -307,33 +362,50 @@ def main(argv=None) -> None:
             if r["family"] in JAXMD_CASES and r["speed"][n_atoms].get("params") is not None:
                 r["params"] = r["speed"][n_atoms]["params"]
 
-    atoms_used = {n: next((r["speed"][n]["atoms"] for r in rows if "atoms" in r["speed"][n]), None)
-                  for n in args.atoms}
+    atoms_used = {n: next((r["speed"][n]["atoms"] for r in rows if "atoms" in r["speed"][n]), None) for n in args.atoms}
     meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "jax": jax.__version__, "backend": jax.default_backend(),
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "budget_s": args.budget_s, "base_config": args.config, "test": args.test, "workdir": args.workdir,
-        "family_configs": FAMILY_CONFIGS, "dtype": "float32",
-        "structures": {str(n): f"{atoms_used[n]} atoms: water box, {math.floor((atoms_used[n] or 0) / 3)} rigid H2O "
-                              f"at random positions/orientations, {WATER_DENSITY_G_CM3} g/cm3, seed 0"
-                       for n in args.atoms},
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "budget_s": args.budget_s,
+        "base_config": args.config,
+        "test": args.test,
+        "workdir": args.workdir,
+        "family_configs": FAMILY_CONFIGS,
+        "dtype": "float32",
+        "structures": {
+            str(n): f"{atoms_used[n]} atoms: water box, {math.floor((atoms_used[n] or 0) / 3)} rigid H2O "
+            f"at random positions/orientations, {WATER_DENSITY_G_CM3} g/cm3, seed 0"
+            for n in args.atoms
+        },
         "timed_call": "nnpes: physics.evaluate(compute_stress=False) on a prebuilt padded graph; "
-                      "jax-md: jit(value_and_grad(energy)) on a prebuilt neighbour list (Dense or Sparse format)",
+        "jax-md: jit(value_and_grad(energy)) on a prebuilt neighbour list (Dense or Sparse format)",
         "jaxmd_bp": "energy.behler_parrinello_neighbor_list, random weights, default symmetry functions "
-                    "(8 radial, 22 angular per species pair), one MLP shared by all species",
-        "memory_limit_gib": args.memory_gb, "repeats": args.repeats,
+        "(8 radial, 22 angular per species pair), one MLP shared by all species",
+        "memory_limit_gib": args.memory_gb,
+        "repeats": args.repeats,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "results": rows}, f, indent=2)
-    print(f"Families after {args.budget_s:g} s of training each ({os.path.relpath(args.config, ROOT)}; "
-          f"test: {args.test}); energy+forces speed on water boxes of "
-          + ", ".join(str(atoms_used[n]) for n in args.atoms) + " atoms, float32, " + jax.default_backend())
+    print(
+        f"Families after {args.budget_s:g} s of training each ({os.path.relpath(args.config, ROOT)}; "
+        f"test: {args.test}); energy+forces speed on water boxes of "
+        + ", ".join(str(atoms_used[n]) for n in args.atoms)
+        + " atoms, float32, "
+        + jax.default_backend()
+    )
     print(table(rows, args.atoms, atoms_used))
-    print(f"\nload average before/after: {load_before[0]:.2f} / {meta['load_average_after'][0]:.2f} "
-          f"on {os.cpu_count()} CPUs; trainings in {args.workdir}; JSON: {args.json}")
+    print(
+        f"\nload average before/after: {load_before[0]:.2f} / {meta['load_average_after'][0]:.2f} "
+        f"on {os.cpu_count()} CPUs; trainings in {args.workdir}; JSON: {args.json}"
+    )
 
 
 if __name__ == "__main__":

@@ -33,19 +33,19 @@ def nnpes_model(numbers, model_dir):
         if set(numbers) <= set(potential.atomic_numbers):
             return potential, "trained"
     model = nnpes.models.NequIP(channels=CHANNELS, l_max=L_MAX, num_layers=LAYERS, parity=False)
-    return nnpes.Potential.create(model, sorted(set(numbers)), CUTOFF, seed=0, scale=0.05,
-                                  avg_num_neighbors=20.0), "random"
+    return nnpes.Potential.create(
+        model, sorted(set(numbers)), CUTOFF, seed=0, scale=0.05, avg_num_neighbors=20.0
+    ), "random"
 
 
 def jax_md_nequip_steps_per_s(atoms, kind, steps, dt_fs, dtype):
     """Steps/s of jax-md's own NequIP (random weights) in NVE on the same structure."""
     import jax.numpy as jnp
     import numpy as np
-    from jax_md import energy, partition, simulate, space
-
-    from nnpes.md.simulate import FS, KB
-
+    from jax_md import energy, simulate, space
     from jax_md._nn import nequip
+
+    from nnpes.md.units import FS, KB
 
     cfg = nequip.default_config()
     cfg.graph_net_steps = LAYERS
@@ -56,7 +56,7 @@ def jax_md_nequip_steps_per_s(atoms, kind, steps, dt_fs, dtype):
     cfg.shift, cfg.scale = 0.0, 0.05
     if kind == "periodic":
         side = float(atoms.cell.lengths()[0])
-        displacement, shift = space.periodic(side)  # real coordinates: see nnpes.md.jax_md on fractional lists
+        displacement, shift = space.periodic(side)  # real coordinates: see nnpes.md.jaxmd_energy on fractional lists
         box, R = side, jnp.asarray(np.mod(atoms.positions, side), dtype)
         nl_kwargs = {"disable_cell_list": True}  # its cell list keeps an array in a static field (eval_shape fails)
     else:
@@ -64,9 +64,9 @@ def jax_md_nequip_steps_per_s(atoms, kind, steps, dt_fs, dtype):
         box, R = 1000.0, jnp.asarray(atoms.positions, dtype)
         nl_kwargs = {"disable_cell_list": True}
     one_hot = jax.nn.one_hot(jnp.asarray(atoms.numbers), cfg.n_elements, dtype=dtype)
-    neighbor_fn, init_fn, energy_fn = energy.nequip_neighbor_list(displacement, box, cfg, atoms=one_hot,
-                                                                  dr_threshold=1.0, capacity_multiplier=1.5,
-                                                                  **nl_kwargs)
+    neighbor_fn, init_fn, energy_fn = energy.nequip_neighbor_list(
+        displacement, box, cfg, atoms=one_hot, dr_threshold=1.0, capacity_multiplier=1.5, **nl_kwargs
+    )
     nbrs = neighbor_fn.allocate(R)
     params = init_fn(jax.random.PRNGKey(0), R, nbrs)
     params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
@@ -79,6 +79,7 @@ def jax_md_nequip_steps_per_s(atoms, kind, steps, dt_fs, dtype):
             s, n = carry
             n = n.update(s.position)
             return apply(s, neighbor=n), n
+
         return jax.lax.fori_loop(0, steps, body, (state, nbrs))
 
     jax.block_until_ready(chunk(state, nbrs))  # compile
@@ -93,8 +94,13 @@ def jax_md_nequip_steps_per_s(atoms, kind, steps, dt_fs, dtype):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="trained nnpes model directory for every system (random NequIP when absent)")
-    parser.add_argument("--system-model", action="append", default=[], metavar="SYSTEM=DIR",
-                        help="model directory for one system (e.g. water192=runs/water/model); wins over --model")
+    parser.add_argument(
+        "--system-model",
+        action="append",
+        default=[],
+        metavar="SYSTEM=DIR",
+        help="model directory for one system (e.g. water192=runs/water/model); wins over --model",
+    )
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--dt", type=float, default=0.5, help="fs")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
@@ -106,7 +112,7 @@ def main(argv=None) -> int:
     import ase.io
     import jax.numpy as jnp
 
-    from nnpes.md.simulate import MDOptions, run, simulation
+    from nnpes.md import MDOptions, run, simulation
 
     per_system = dict(item.split("=", 1) for item in args.system_model)
     rows = []
@@ -114,29 +120,45 @@ def main(argv=None) -> int:
         filename, kind = SYSTEMS[name]
         atoms = ase.io.read(DATA / filename, 0)
         potential, origin = nnpes_model(atoms.numbers, per_system.get(name, args.model))
-        options = MDOptions(ensemble="nve", dt_fs=args.dt, temperature_k=300.0, dtype=args.dtype,
-                            every=max(1, args.steps // 100))
+        options = MDOptions(
+            ensemble="nve", dt_fs=args.dt, temperature_k=300.0, dtype=args.dtype, every=max(1, args.steps // 100)
+        )
         sim = simulation(potential, atoms, options)
         run(sim, 2 * options.every)  # compile outside the timing (same chunk shapes as the timed run)
         result = run(sim, args.steps)
-        row = {"system": name, "atoms": len(atoms), "model": origin, "backend": result.backend,
-               "dtype": args.dtype, "dt_fs": args.dt, "steps": args.steps,
-               "drift_mev_per_atom_per_ps": result.drift_mev_per_atom_per_ps(),
-               "steps_per_s": result.steps_per_s, "ns_per_day": result.ns_per_day,
-               "neighbor_reallocations": result.neighbor_reallocations,
-               "jax_md_nequip_steps_per_s": jax_md_nequip_steps_per_s(atoms, kind, args.steps, args.dt,
-                                                                       getattr(jnp, args.dtype))}
+        row = {
+            "system": name,
+            "atoms": len(atoms),
+            "model": origin,
+            "backend": result.backend,
+            "dtype": args.dtype,
+            "dt_fs": args.dt,
+            "steps": args.steps,
+            "drift_mev_per_atom_per_ps": result.drift_mev_per_atom_per_ps(),
+            "steps_per_s": result.steps_per_s,
+            "ns_per_day": result.ns_per_day,
+            "neighbor_reallocations": result.neighbor_reallocations,
+            "jax_md_nequip_steps_per_s": jax_md_nequip_steps_per_s(
+                atoms, kind, args.steps, args.dt, getattr(jnp, args.dtype)
+            ),
+        }
         rows.append(row)
         print(f"done {name}", file=sys.stderr)
 
-    header = f"{'system':10s} {'atoms':>5s} {'model':>7s} {'drift meV/atom/ps':>18s} {'steps/s':>9s} " \
-             f"{'ns/day':>8s} {'jax-md NequIP steps/s':>22s}"
+    header = (
+        f"{'system':10s} {'atoms':>5s} {'model':>7s} {'drift meV/atom/ps':>18s} {'steps/s':>9s} "
+        f"{'ns/day':>8s} {'jax-md NequIP steps/s':>22s}"
+    )
     print(header)
     for r in rows:
-        print(f"{r['system']:10s} {r['atoms']:5d} {r['model']:>7s} {r['drift_mev_per_atom_per_ps']:18.5f} "
-              f"{r['steps_per_s']:9.1f} {r['ns_per_day']:8.3f} {r['jax_md_nequip_steps_per_s']:22.1f}")
-    meta = {"device": str(jax.devices()[0]), "nnpes_model": {"channels": CHANNELS, "l_max": L_MAX,
-                                                              "num_layers": LAYERS, "cutoff_a": CUTOFF}}
+        print(
+            f"{r['system']:10s} {r['atoms']:5d} {r['model']:>7s} {r['drift_mev_per_atom_per_ps']:18.5f} "
+            f"{r['steps_per_s']:9.1f} {r['ns_per_day']:8.3f} {r['jax_md_nequip_steps_per_s']:22.1f}"
+        )
+    meta = {
+        "device": str(jax.devices()[0]),
+        "nnpes_model": {"channels": CHANNELS, "l_max": L_MAX, "num_layers": LAYERS, "cutoff_a": CUTOFF},
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "results": rows}, f, indent=2)

@@ -61,7 +61,6 @@ import threading
 import time
 
 import numpy as np
-
 from _harness import emit, fmt, run_limited
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,8 +86,11 @@ def _split(workdir: str) -> tuple[str, str]:
 
 
 def _save_predictions(path: str, energies_ev, forces_ev_per_a) -> None:
-    np.savez(path, energy_ev=np.asarray(energies_ev, np.float64),
-             forces_ev_per_a=np.concatenate([np.asarray(f, np.float64).reshape(-1, 3) for f in forces_ev_per_a]))
+    np.savez(
+        path,
+        energy_ev=np.asarray(energies_ev, np.float64),
+        forces_ev_per_a=np.concatenate([np.asarray(f, np.float64).reshape(-1, 3) for f in forces_ev_per_a]),
+    )
 
 
 def apax_train(workdir: str, budget_s: float) -> None:
@@ -97,9 +99,17 @@ def apax_train(workdir: str, budget_s: float) -> None:
     t0 = time.perf_counter()
     train_xyz, val_xyz = _split(workdir)
     config = {
-        "n_epochs": 100_000, "seed": 1, "data_parallel": False,
-        "data": {"directory": workdir, "experiment": "apax", "train_data_path": train_xyz,
-                 "val_data_path": val_xyz, "batch_size": BATCH_SIZE, "valid_batch_size": 100 - N_TRAIN},
+        "n_epochs": 100_000,
+        "seed": 1,
+        "data_parallel": False,
+        "data": {
+            "directory": workdir,
+            "experiment": "apax",
+            "train_data_path": train_xyz,
+            "val_data_path": val_xyz,
+            "batch_size": BATCH_SIZE,
+            "valid_batch_size": 100 - N_TRAIN,
+        },
         "model": {"name": "gmnn", "basis": {"name": "bessel", "n_basis": 16, "r_max": CUTOFF_A}},
         "loss": [{"name": "energy"}, {"name": "forces", "weight": 4.0}],
         "metrics": [{"name": "energy", "reductions": ["mae"]}, {"name": "forces", "reductions": ["mae"]}],
@@ -112,8 +122,13 @@ def apax_train(workdir: str, budget_s: float) -> None:
         best_dir, log_csv = os.path.join(model_dir, "best"), os.path.join(model_dir, "log.csv")
         best = [int(d) for d in os.listdir(best_dir) if d.isdigit()] if os.path.isdir(best_dir) else []
         epochs = max(0, sum(1 for _ in open(log_csv)) - 1) if os.path.isfile(log_csv) else 0
-        return {"stop": stop, "train_s": time.perf_counter() - t0, "epochs": epochs,
-                "best_epoch": max(best) if best else None, "apax_config": config}
+        return {
+            "stop": stop,
+            "train_s": time.perf_counter() - t0,
+            "epochs": epochs,
+            "best_epoch": max(best) if best else None,
+            "apax_config": config,
+        }
 
     def stop():  # apax has no time budget: leave at it, the best checkpoint is on disk
         try:
@@ -151,8 +166,9 @@ def mlip_train(workdir: str, budget_s: float) -> None:
     t0 = time.perf_counter()
     frames = ase.io.read(TRAIN_XYZ, ":")
     readers = {"train": ASEAtomsReader(frames[:N_TRAIN]), "validation": ASEAtomsReader(frames[N_TRAIN:])}
-    builder = GraphDatasetBuilder(readers,
-                                  GraphDatasetBuilder.Config(graph_cutoff_angstrom=CUTOFF_A, batch_size=BATCH_SIZE))
+    builder = GraphDatasetBuilder(
+        readers, GraphDatasetBuilder.Config(graph_cutoff_angstrom=CUTOFF_A, batch_size=BATCH_SIZE)
+    )
     splits = builder.get_datasets()
     force_field = ForceField.from_mlip_network(Mace(Mace.Config(**MACE), builder.dataset_info))
 
@@ -172,17 +188,30 @@ def mlip_train(workdir: str, budget_s: float) -> None:
 
     io_handler = TrainingIOHandler()  # no checkpoints: the best parameters are kept in memory
     io_handler.attach_logger(budget_logger)
-    loop = TrainingLoop(train_dataset=splits["train"], validation_dataset=splits["validation"], force_field=force_field,
-                        loss=MSELoss(), optimizer=get_default_mlip_optimizer(),
-                        config=TrainingLoop.Config(num_epochs=100_000), io_handler=io_handler)
+    loop = TrainingLoop(
+        train_dataset=splits["train"],
+        validation_dataset=splits["validation"],
+        force_field=force_field,
+        loss=MSELoss(),
+        optimizer=get_default_mlip_optimizer(),
+        config=TrainingLoop.Config(num_epochs=100_000),
+        io_handler=io_handler,
+    )
     stop = "num_epochs"
     try:
         loop.run()
     except BudgetSpent:
         stop = "time budget"
     save_model_to_zip(os.path.join(workdir, "mace.zip"), loop.best_model)
-    emit({"stop": stop, "train_s": time.perf_counter() - t0, "epochs": last["epoch"],
-          "best_epoch": loop.best_evaluation_epoch, "mace_config": MACE})
+    emit(
+        {
+            "stop": stop,
+            "train_s": time.perf_counter() - t0,
+            "epochs": last["epoch"],
+            "best_epoch": loop.best_evaluation_epoch,
+            "mace_config": MACE,
+        }
+    )
 
 
 def mlip_predict(workdir: str, test_xyz: str, out: str) -> None:
@@ -197,8 +226,12 @@ def mlip_predict(workdir: str, test_xyz: str, out: str) -> None:
     emit({})
 
 
-WORKERS = {"apax-train": apax_train, "apax-predict": apax_predict,
-           "mlip-train": mlip_train, "mlip-predict": mlip_predict}
+WORKERS = {
+    "apax-train": apax_train,
+    "apax-predict": apax_predict,
+    "mlip-train": mlip_train,
+    "mlip-predict": mlip_predict,
+}
 
 
 # -- driver (nnpes's interpreter) --------------------------------------------------------------
@@ -207,8 +240,7 @@ def reference(test_xyz: str) -> tuple[np.ndarray, np.ndarray]:
     import ase.io
 
     frames = ase.io.read(test_xyz, ":")
-    return (np.array([a.get_potential_energy() for a in frames]),
-            np.concatenate([a.get_forces() for a in frames]))
+    return (np.array([a.get_potential_energy() for a in frames]), np.concatenate([a.get_forces() for a in frames]))
 
 
 def maes(pred_npz: str, ref) -> dict:
@@ -217,15 +249,30 @@ def maes(pred_npz: str, ref) -> dict:
     energy_ev, forces_ev_per_a = ref
     if pred["energy_ev"].shape != energy_ev.shape or pred["forces_ev_per_a"].shape != forces_ev_per_a.shape:
         raise ValueError(f"{pred_npz}: prediction shapes do not match the test set")
-    return {"energy_mae_mev": 1e3 * float(np.mean(np.abs(pred["energy_ev"] - energy_ev))),
-            "forces_mae_mev_per_a": 1e3 * float(np.mean(np.abs(pred["forces_ev_per_a"] - forces_ev_per_a)))}
+    return {
+        "energy_mae_mev": 1e3 * float(np.mean(np.abs(pred["energy_ev"] - energy_ev))),
+        "forces_mae_mev_per_a": 1e3 * float(np.mean(np.abs(pred["forces_ev_per_a"] - forces_ev_per_a))),
+    }
 
 
 def run_nnpes(python: str, args, workdir: str) -> dict:
     # -P: import the interpreter's installed nnpes, not whatever ./nnpes the cwd holds
-    train = run_limited([python, "-P", "-m", "nnpes", "train", os.path.join(ROOT, "configs", "quickstart.yaml"),
-                         "--workdir", workdir, f"training.time_budget_s={args.budget_s:g}", "training.progress=false"],
-                        args.budget_s + args.slack_s, args.memory_gb)
+    train = run_limited(
+        [
+            python,
+            "-P",
+            "-m",
+            "nnpes",
+            "train",
+            os.path.join(ROOT, "configs", "quickstart.yaml"),
+            "--workdir",
+            workdir,
+            f"training.time_budget_s={args.budget_s:g}",
+            "training.progress=false",
+        ],
+        args.budget_s + args.slack_s,
+        args.memory_gb,
+    )
     row = {"framework": "nnpes (NequIP)", "train_wall_s": train["wall_s"]}
     result_json = os.path.join(workdir, "result.json")  # nnpes train prints no RESULT line: read its summary
     if not os.path.isfile(result_json):
@@ -234,15 +281,22 @@ def run_nnpes(python: str, args, workdir: str) -> dict:
         result = json.load(f)
     row.update(stop=result["stop_reason"], train_s=result["elapsed_s"], steps=result["step"], epochs=result["epochs"])
     metrics_json = os.path.join(workdir, "evaluate.json")
-    ev = run_limited([python, "-P", "-m", "nnpes", "evaluate", os.path.join(workdir, "model"), args.test,
-                      "--json", metrics_json],
-                     args.predict_timeout_s, args.memory_gb)
+    ev = run_limited(
+        [python, "-P", "-m", "nnpes", "evaluate", os.path.join(workdir, "model"), args.test, "--json", metrics_json],
+        args.predict_timeout_s,
+        args.memory_gb,
+    )
     if not os.path.isfile(metrics_json):
         return {**row, "status": f"evaluate {ev['status']}"}
     with open(metrics_json) as f:
         test = json.load(f)["files"][0]
-    return {**row, "status": "ok", "energy_mae_mev": test["energy_mae_mev"],
-            "forces_mae_mev_per_a": test["forces_mae_mev_per_a"], "test_frames": test["frames"]}
+    return {
+        **row,
+        "status": "ok",
+        "energy_mae_mev": test["energy_mae_mev"],
+        "forces_mae_mev_per_a": test["forces_mae_mev_per_a"],
+        "test_frames": test["frames"],
+    }
 
 
 def run_peer(name: str, label: str, python: str | None, args, workdir: str, ref) -> dict:
@@ -250,17 +304,26 @@ def run_peer(name: str, label: str, python: str | None, args, workdir: str, ref)
     if not python or not os.path.isfile(python):
         return {**row, "status": f"not installed (no interpreter at {python})"}
     script = os.path.abspath(__file__)
-    train = run_limited([python, script, "--worker", f"{name}-train", workdir, f"{args.budget_s:g}"],
-                        args.budget_s + args.slack_s, args.memory_gb)
-    row.update(train_status=train["status"], train_wall_s=train["wall_s"],
-               **{k: v for k, v in train.items() if k not in ("status", "wall_s")})
+    train = run_limited(
+        [python, script, "--worker", f"{name}-train", workdir, f"{args.budget_s:g}"],
+        args.budget_s + args.slack_s,
+        args.memory_gb,
+    )
+    row.update(
+        train_status=train["status"],
+        train_wall_s=train["wall_s"],
+        **{k: v for k, v in train.items() if k not in ("status", "wall_s")},
+    )
     if train["status"] != "ok":
         return {**row, "status": f"train {train['status']}"}
     if train.get("best_epoch", 0) is None:
         return {**row, "status": "no epoch finished within the budget"}
     pred_npz = os.path.join(workdir, "test_predictions.npz")
-    pred = run_limited([python, script, "--worker", f"{name}-predict", workdir, args.test, pred_npz],
-                       args.predict_timeout_s, args.memory_gb)
+    pred = run_limited(
+        [python, script, "--worker", f"{name}-predict", workdir, args.test, pred_npz],
+        args.predict_timeout_s,
+        args.memory_gb,
+    )
     if pred["status"] != "ok":
         return {**row, "status": f"predict {pred['status']}"}
     return {**row, "status": "ok", "predict_wall_s": pred["wall_s"], **maes(pred_npz, ref), "test_frames": len(ref[0])}
@@ -273,8 +336,12 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget-s", type=float, default=180.0, help="training wall-clock budget per framework, s")
-    p.add_argument("--apax-python", default=os.path.join(PEER_VENVS, "apax", "bin", "python"), help="interpreter of apax's venv")
-    p.add_argument("--mlip-python", default=os.path.join(PEER_VENVS, "mlip", "bin", "python"), help="interpreter of mlip's venv")
+    p.add_argument(
+        "--apax-python", default=os.path.join(PEER_VENVS, "apax", "bin", "python"), help="interpreter of apax's venv"
+    )
+    p.add_argument(
+        "--mlip-python", default=os.path.join(PEER_VENVS, "mlip", "bin", "python"), help="interpreter of mlip's venv"
+    )
     p.add_argument("--nnpes-python", default=sys.executable, help="interpreter with nnpes installed")
     p.add_argument("--frameworks", nargs="+", default=["nnpes", "apax", "mlip"])
     p.add_argument("--test", default=TEST_XYZ, help="labelled test set (extxyz)")
@@ -300,13 +367,22 @@ def main() -> None:
     print(f"\nrMD17 ethanol, 90 + 10 training frames, {args.budget_s:g} s budget, tested on {len(ref[0])} frames")
     print(f"{'framework':22s} {'train s':>8s} {'E MAE meV':>10s} {'F MAE meV/Å':>12s}  status")
     for r in rows:
-        print(f"{r['framework']:22s} {fmt(r.get('train_wall_s'), '.1f'):>8s} "
-              f"{fmt(r.get('energy_mae_mev'), '.2f'):>10s} {fmt(r.get('forces_mae_mev_per_a'), '.2f'):>12s}  {r['status']}")
+        print(
+            f"{r['framework']:22s} {fmt(r.get('train_wall_s'), '.1f'):>8s} "
+            f"{fmt(r.get('energy_mae_mev'), '.2f'):>10s} {fmt(r.get('forces_mae_mev_per_a'), '.2f'):>12s}  "
+            f"{r['status']}"
+        )
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
-            "cpu_count": os.cpu_count(), "budget_s": args.budget_s, "train_data": TRAIN_XYZ, "test_data": args.test,
-            "peer_split": f"first {N_TRAIN} frames train, last {100 - N_TRAIN} validation",
-            "units": {"train_wall_s": "s", "energy_mae_mev": "meV per molecule", "forces_mae_mev_per_a": "meV/Å"}}
+    meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "budget_s": args.budget_s,
+        "train_data": TRAIN_XYZ,
+        "test_data": args.test,
+        "peer_split": f"first {N_TRAIN} frames train, last {100 - N_TRAIN} validation",
+        "units": {"train_wall_s": "s", "energy_mae_mev": "meV per molecule", "forces_mae_mev_per_a": "meV/Å"},
+    }
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
     print(f"wrote {args.json}")

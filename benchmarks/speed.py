@@ -80,8 +80,11 @@ def run_nnpes(case: str, atoms, repeats: int) -> dict:
     from nnpes.models import NequIP
     from nnpes.physics import evaluate
 
-    model = NequIP() if case == "nnpes-default" else NequIP(num_layers=3, hidden_irreps=PEER_IRREPS, num_basis=8,
-                                                            radial_features=(64, 64))
+    model = (
+        NequIP()
+        if case == "nnpes-default"
+        else NequIP(num_layers=3, hidden_irreps=PEER_IRREPS, num_basis=8, radial_features=(64, 64))
+    )
     frame = frame_from_atoms(atoms, source="benchmark")
 
     def build():
@@ -100,9 +103,16 @@ def run_nnpes(case: str, atoms, repeats: int) -> dict:
     out = jax.block_until_ready(compiled(potential, batch))
     forces = np.asarray(out["forces"][: len(atoms)])
     step_ms, times = median_ms(lambda: jax.block_until_ready(compiled(potential, batch)), repeats)
-    return {"edges": int(graph.n_edge), "padded_edges": int(batch.senders.shape[0]), "neighbor_ms": neighbor_ms,
-            "compile_s": compile_s, "step_ms": step_ms, "step_ms_all": times,
-            "energy_ev": float(out["energy"][0]), "max_force_ev_a": float(np.abs(forces).max())}
+    return {
+        "edges": int(graph.n_edge),
+        "padded_edges": int(batch.senders.shape[0]),
+        "neighbor_ms": neighbor_ms,
+        "compile_s": compile_s,
+        "step_ms": step_ms,
+        "step_ms_all": times,
+        "energy_ev": float(out["energy"][0]),
+        "max_force_ev_a": float(np.abs(forces).max()),
+    }
 
 
 def run_jaxmd(atoms, repeats: int) -> dict:
@@ -149,9 +159,16 @@ def run_jaxmd(atoms, repeats: int) -> dict:
     compile_s = time.perf_counter() - start
     e, grad = jax.block_until_ready(compiled(params, positions, nbrs))
     step_ms, times = median_ms(lambda: jax.block_until_ready(compiled(params, positions, nbrs)), repeats)
-    return {"edges": edges, "padded_edges": int(nbrs.idx.shape[1]), "neighbor_ms": neighbor_ms,
-            "compile_s": compile_s, "step_ms": step_ms, "step_ms_all": times,
-            "energy_ev": float(e), "max_force_ev_a": float(np.abs(np.asarray(grad)).max())}
+    return {
+        "edges": edges,
+        "padded_edges": int(nbrs.idx.shape[1]),
+        "neighbor_ms": neighbor_ms,
+        "compile_s": compile_s,
+        "step_ms": step_ms,
+        "step_ms_all": times,
+        "energy_ev": float(e),
+        "max_force_ev_a": float(np.abs(np.asarray(grad)).max()),
+    }
 
 
 def worker(case: str, n_atoms: int, repeats: int) -> None:
@@ -168,15 +185,19 @@ def run_case(case: str, n_atoms: int, args) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    head = (f"{'atoms':>6} {'case':<14} {'edges':>7} {'padded':>7} {'nbr list ms':>11} {'compile s':>9} "
-            f"{'step ms':>9} {'vs jax-md':>9} {'peak MB':>8}  status")
+    head = (
+        f"{'atoms':>6} {'case':<14} {'edges':>7} {'padded':>7} {'nbr list ms':>11} {'compile s':>9} "
+        f"{'step ms':>9} {'vs jax-md':>9} {'peak MB':>8}  status"
+    )
     rows = [head, "-" * len(head)]
     for r in results:
-        rows.append(f"{r['atoms']:>6} {r['case']:<14} {fmt(r.get('edges'), 'd'):>7} "
-                    f"{fmt(r.get('padded_edges'), 'd'):>7} "
-                    f"{fmt(r.get('neighbor_ms'), '.1f'):>11} {fmt(r.get('compile_s'), '.1f'):>9} "
-                    f"{fmt(r.get('step_ms'), '.1f'):>9} {fmt(r.get('ratio_vs_jaxmd'), '.2f'):>9} "
-                    f"{fmt(r.get('peak_rss_mb'), '.0f'):>8}  {r['status']}")
+        rows.append(
+            f"{r['atoms']:>6} {r['case']:<14} {fmt(r.get('edges'), 'd'):>7} "
+            f"{fmt(r.get('padded_edges'), 'd'):>7} "
+            f"{fmt(r.get('neighbor_ms'), '.1f'):>11} {fmt(r.get('compile_s'), '.1f'):>9} "
+            f"{fmt(r.get('step_ms'), '.1f'):>9} {fmt(r.get('ratio_vs_jaxmd'), '.2f'):>9} "
+            f"{fmt(r.get('peak_rss_mb'), '.0f'):>8}  {r['status']}"
+        )
     return "\n".join(rows)
 
 
@@ -213,14 +234,22 @@ def main(argv=None) -> None:
             r["ratio_vs_jaxmd"] = r["step_ms"] / peer["step_ms"]
 
     meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "python": platform.python_version(), "jax": jax.__version__,
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "dtype": "float32", "structure": f"fcc Cu, a = {LATTICE_A} A, rattled {RATTLE_A} A",
-        "cutoff_a": CUTOFF_A, "repeats": args.repeats, "timeout_s": args.timeout, "memory_limit_gib": args.memory_gb,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "dtype": "float32",
+        "structure": f"fcc Cu, a = {LATTICE_A} A, rattled {RATTLE_A} A",
+        "cutoff_a": CUTOFF_A,
+        "repeats": args.repeats,
+        "timeout_s": args.timeout,
+        "memory_limit_gib": args.memory_gb,
         "timed_call": "nnpes: physics.evaluate(compute_stress=False) on a prebuilt padded graph; "
-                      "jax-md: jit(value_and_grad(energy_fn)) on a prebuilt neighbour list",
+        "jax-md: jit(value_and_grad(energy_fn)) on a prebuilt neighbour list",
         "ratio": "ratio_vs_jaxmd = nnpes step_ms / jaxmd-peer step_ms (same structure)",
         "differences_nnpes_peer_vs_jaxmd_peer": DIFFERENCES,
     }
@@ -228,8 +257,10 @@ def main(argv=None) -> None:
     with open(args.json, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2)
     print(table(results))
-    print(f"\nload average before/after: {load_before[0]:.2f} / {meta['load_average_after'][0]:.2f} "
-          f"on {os.cpu_count()} CPUs; JSON: {args.json}")
+    print(
+        f"\nload average before/after: {load_before[0]:.2f} / {meta['load_average_after'][0]:.2f} "
+        f"on {os.cpu_count()} CPUs; JSON: {args.json}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,13 +1,26 @@
 """nnpes: machine-learned interatomic potentials in JAX.
 
 Public names: :func:`load`, :class:`Potential`, :class:`Calculator`, :mod:`nnpes.models`,
-:mod:`nnpes.md`. Units everywhere: eV, Å, eV/Å, eV/Å³ (ASE stress sign), fs, amu, K.
+:mod:`nnpes.md`, :mod:`nnpes.train` (``nnpes.train.fit``, ``nnpes.train.train``) and
+:mod:`nnpes.testing` (the physics laws as a test class). Units everywhere: eV, Å, eV/Å, eV/Å³
+(ASE stress sign), fs, amu, K.
 """
 
 __version__ = "0.1.0"
 
 from nnpes import models  # noqa: E402
-from nnpes.md.ase import Calculator  # noqa: E402
+from nnpes.md.calculator import Calculator  # noqa: E402
 from nnpes.potential import Potential, load  # noqa: E402
 
-__all__ = ["Calculator", "Potential", "__version__", "load", "models"]
+_LAZY_MODULES = ("train", "testing")  # imported on first use (optax, pytest)
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f"nnpes.{name}")
+    raise AttributeError(f"module 'nnpes' has no attribute {name!r}")
+
+
+__all__ = ["Calculator", "Potential", "__version__", "load", "md", "models", "testing", "train"]

@@ -19,6 +19,10 @@ class ModelError(NnpesError, ValueError):
     """A model directory or a structure does not fit the model (unknown element, bad format)."""
 
 
+class TrainingError(NnpesError, RuntimeError):
+    """Training went wrong while it ran (the loss became NaN or infinite)."""
+
+
 def where(source: str | None, index: int | None) -> str:
     """Prefix naming the file and frame an error is about."""
     parts = [source or "<in memory>"]

@@ -14,8 +14,9 @@ from nnpes.physics import evaluate
 from nnpes.potential import Potential
 
 
-def predict_graphs(potential: Potential, graphs: Sequence[FrameGraph], batch_size: int = 16,
-                   compute_stress: bool | None = None) -> list[dict]:
+def predict_graphs(
+    potential: Potential, graphs: Sequence[FrameGraph], batch_size: int = 16, compute_stress: bool | None = None
+) -> list[dict]:
     """Energy (eV, float64 total), forces (eV/Å) and stress (eV/Å³, periodic frames) per frame.
 
     All batches of a call share one padded shape, so a set compiles once.
@@ -25,7 +26,7 @@ def predict_graphs(potential: Potential, graphs: Sequence[FrameGraph], batch_siz
     if compute_stress is None:
         compute_stress = any(np.abs(np.linalg.det(g.cell)) > 1e-6 for g in graphs)
     dtype = potential.dtype
-    chunks = [graphs[i:i + batch_size] for i in range(0, len(graphs), batch_size)]
+    chunks = [graphs[i : i + batch_size] for i in range(0, len(graphs), batch_size)]
     n_node, n_edge, n_graph = common_pad_sizes(chunks, batch_size)
     out = []
     for chunk in chunks:
@@ -36,7 +37,7 @@ def predict_graphs(potential: Potential, graphs: Sequence[FrameGraph], batch_siz
             numbers = g.numbers if g.numbers is not None else np.zeros(0, int)
             item = {
                 "energy": potential.total_energy(pred["interaction_energy"][i], numbers),
-                "forces": np.asarray(pred["forces"][node0:node0 + g.n_node], np.float64),
+                "forces": np.asarray(pred["forces"][node0 : node0 + g.n_node], np.float64),
             }
             if compute_stress:
                 item["stress"] = np.asarray(pred["stress"][i], np.float64)
@@ -48,6 +49,7 @@ def predict_graphs(potential: Potential, graphs: Sequence[FrameGraph], batch_siz
 def error_metrics(frames: Sequence[Frame], predictions: Sequence[dict]) -> dict:
     """MAE/RMSE of energy (meV per structure and per atom), force components (meV/Å) and stress
     components (meV/Å³); None for a label no frame carries."""
+
     def stats(errors):
         if not errors:
             return None, None
@@ -70,10 +72,14 @@ def error_metrics(frames: Sequence[Frame], predictions: Sequence[dict]) -> dict:
     return {
         "frames": len(frames),
         "atoms": int(sum(f.n_atoms for f in frames)),
-        "energy_mae_mev": e_mae, "energy_rmse_mev": e_rmse,
-        "energy_mae_mev_per_atom": ea_mae, "energy_rmse_mev_per_atom": ea_rmse,
-        "forces_mae_mev_per_a": f_mae, "forces_rmse_mev_per_a": f_rmse,
-        "stress_mae_mev_per_a3": s_mae, "stress_rmse_mev_per_a3": s_rmse,
+        "energy_mae_mev": e_mae,
+        "energy_rmse_mev": e_rmse,
+        "energy_mae_mev_per_atom": ea_mae,
+        "energy_rmse_mev_per_atom": ea_rmse,
+        "forces_mae_mev_per_a": f_mae,
+        "forces_rmse_mev_per_a": f_rmse,
+        "stress_mae_mev_per_a3": s_mae,
+        "stress_rmse_mev_per_a3": s_rmse,
     }
 
 
@@ -87,8 +93,11 @@ def evaluate_frames(potential: Potential, frames: Sequence[Frame], batch_size: i
 def validation_loss(metrics: dict, weights: dict) -> float:
     """Weighted MSE in eV units (energy per atom, forces, stress) from metrics in meV."""
     total = 0.0
-    for name, key in (("energy", "energy_rmse_mev_per_atom"), ("forces", "forces_rmse_mev_per_a"),
-                      ("stress", "stress_rmse_mev_per_a3")):
+    for name, key in (
+        ("energy", "energy_rmse_mev_per_atom"),
+        ("forces", "forces_rmse_mev_per_a"),
+        ("stress", "stress_rmse_mev_per_a3"),
+    ):
         if weights.get(name) and metrics.get(key) is not None:
             total += weights[name] * (metrics[key] * 1e-3) ** 2
     return total if math.isfinite(total) else float("inf")

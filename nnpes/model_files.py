@@ -35,14 +35,19 @@ def potential_metadata(potential) -> dict:
     from nnpes.models import family_name
 
     model = potential.model
-    hyper = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-             if f.name not in ("parent", "name") and f.name not in FILLED_FIELDS}
+    hyper = {
+        f.name: getattr(model, f.name)
+        for f in dataclasses.fields(model)
+        if f.name not in ("parent", "name") and f.name not in FILLED_FIELDS
+    }
     for key, value in hyper.items():
         try:
             json.dumps(value)
         except TypeError:
-            raise ModelError(f"cannot save {type(model).__name__}: hyper-parameter {key!r} = {value!r} is not "
-                             "JSON-serialisable (make it a number, string, bool or tuple)") from None
+            raise ModelError(
+                f"cannot save {type(model).__name__}: hyper-parameter {key!r} = {value!r} is not "
+                "JSON-serialisable (make it a number, string, bool or tuple)"
+            ) from None
     cls = type(model)
     module = sys.modules.get(cls.__module__)
     source = getattr(module, "__file__", None)
@@ -90,7 +95,9 @@ def save(potential, directory: str | os.PathLike) -> None:
 
 
 def _read_metadata(directory: str) -> tuple[str, dict]:
-    if os.path.isdir(os.path.join(directory, "model")) and not os.path.exists(os.path.join(directory, "potential.json")):
+    if os.path.isdir(os.path.join(directory, "model")) and not os.path.exists(
+        os.path.join(directory, "potential.json")
+    ):
         directory = os.path.join(directory, "model")
     meta_path = os.path.join(directory, "potential.json")
     if not os.path.isfile(meta_path):
@@ -101,8 +108,10 @@ def _read_metadata(directory: str) -> tuple[str, dict]:
     except json.JSONDecodeError as e:
         raise ModelError(f"{meta_path}: not valid JSON ({e})") from None
     if meta.get("format_version") not in READABLE_VERSIONS:
-        raise ModelError(f"{meta_path}: format_version {meta.get('format_version')!r}; this nnpes reads "
-                         f"{', '.join(map(str, READABLE_VERSIONS))}")
+        raise ModelError(
+            f"{meta_path}: format_version {meta.get('format_version')!r}; this nnpes reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
+        )
     return directory, meta
 
 
@@ -137,8 +146,10 @@ def _import_module(module_name: str, source: str | None, where: str, what: str):
         except ImportError:
             pass
     if not source or not os.path.isfile(source):
-        raise ModelError(f"{where}: {what} cannot be imported (no source file {source!r}): put its module on "
-                         "PYTHONPATH or register it with nnpes.models.register_family")
+        raise ModelError(
+            f"{where}: {what} cannot be imported (no source file {source!r}): put its module on "
+            "PYTHONPATH or register it with nnpes.models.register_family"
+        )
     # a user's script: run under another name, so its `if __name__ == "__main__":` part does not
     name = "_nnpes_model_" + os.path.splitext(os.path.basename(source))[0]
     if name in sys.modules:
@@ -202,7 +213,14 @@ def load(directory: str | os.PathLike):
     params = _restore_params(params_path)
     model = fill_model(model, meta["cutoff_a"], len(meta["atomic_numbers"]), meta["avg_num_neighbors"])
     check_weights_fit(model, params, meta["cutoff_a"], params_path)
-    return Potential.create(model, meta["atomic_numbers"], meta["cutoff_a"], e0=meta["e0_ev"],
-                            e0_method=meta["e0_method"], scale=meta["scale_ev"],
-                            avg_num_neighbors=meta["avg_num_neighbors"], params=jax.tree.map(jnp.asarray, params),
-                            terms=terms_from_json(meta.get("terms", []), meta_path))
+    return Potential.create(
+        model,
+        meta["atomic_numbers"],
+        meta["cutoff_a"],
+        e0=meta["e0_ev"],
+        e0_method=meta["e0_method"],
+        scale=meta["scale_ev"],
+        avg_num_neighbors=meta["avg_num_neighbors"],
+        params=jax.tree.map(jnp.asarray, params),
+        terms=terms_from_json(meta.get("terms", []), meta_path),
+    )

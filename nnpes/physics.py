@@ -49,8 +49,9 @@ def safe_edges(vectors: jnp.ndarray, edge_mask: jnp.ndarray, cutoff: float):
     return jnp.where(mask[:, None], vectors, safe_vector(cutoff, vectors.dtype)), mask
 
 
-def site_energies_from_vectors(potential: Potential, vectors, species, senders, receivers, edge_mask, *,
-                               positions=None, cell=None, node_graph=None):
+def site_energies_from_vectors(
+    potential: Potential, vectors, species, senders, receivers, edge_mask, *, positions=None, cell=None, node_graph=None
+):
     """(interaction, reference) site energies, eV, each (N,), from raw edge vectors r_ij (E, 3) Å.
 
     Edges that are padding (edge_mask False) or beyond the cutoff are masked here, so callers
@@ -84,9 +85,17 @@ def total_energy(potential: Potential, positions, cell, graph: jraph.GraphsTuple
         positions = positions + jnp.einsum("ni,nij->nj", positions, strain[node_graph])
         cell = cell + jnp.einsum("gki,gij->gkj", cell, strain)
     vectors = edge_vectors(positions, cell, graph)
-    interaction, reference = site_energies_from_vectors(potential, vectors, graph.nodes["species"], graph.senders,
-                                                        graph.receivers, edge_mask, positions=positions, cell=cell,
-                                                        node_graph=node_graph)
+    interaction, reference = site_energies_from_vectors(
+        potential,
+        vectors,
+        graph.nodes["species"],
+        graph.senders,
+        graph.receivers,
+        edge_mask,
+        positions=positions,
+        cell=cell,
+        node_graph=node_graph,
+    )
     interaction = jnp.where(node_mask, interaction, 0.0)
     reference = jnp.where(node_mask, reference, 0.0)
     e_int = jax.ops.segment_sum(interaction, node_graph, n_graph)

@@ -21,8 +21,8 @@ import numpy as np
 from flax import struct
 
 from nnpes.errors import ModelError
-from nnpes.models.base import FILLED_FIELDS, validate_hyperparameters
 from nnpes.model_files import FORMAT_VERSION  # noqa: F401  (re-exported)
+from nnpes.models.base import FILLED_FIELDS, validate_hyperparameters
 from nnpes.terms import Term, TermInputs
 
 
@@ -95,9 +95,16 @@ class Potential(struct.PyTreeNode):
             params = model.init(jax.random.PRNGKey(seed), *example_inputs(cutoff))
         e0_arr, method = _reference_energies(e0, numbers)
         scale_arr = np.broadcast_to(np.asarray(scale, np.float64), (len(numbers),)).copy()
-        return cls(model=model, params=params, e0=jnp.asarray(e0_arr, jnp.float32),
-                   scale=jnp.asarray(scale_arr, jnp.float32), atomic_numbers=numbers, cutoff=float(cutoff),
-                   e0_method=e0_method or method, terms=tuple(terms))
+        return cls(
+            model=model,
+            params=params,
+            e0=jnp.asarray(e0_arr, jnp.float32),
+            scale=jnp.asarray(scale_arr, jnp.float32),
+            atomic_numbers=numbers,
+            cutoff=float(cutoff),
+            e0_method=e0_method or method,
+            terms=tuple(terms),
+        )
 
     @property
     def avg_num_neighbors(self) -> float:
@@ -114,8 +121,9 @@ class Potential(struct.PyTreeNode):
         They are kept apart so that losses compare interaction energies (float32 never
         subtracts two large totals) and totals add Σ E0 in float64 on the host.
         """
-        out = self.model.apply(params, inputs.vectors, inputs.species, inputs.senders, inputs.receivers,
-                               inputs.edge_mask)
+        out = self.model.apply(
+            params, inputs.vectors, inputs.species, inputs.senders, inputs.receivers, inputs.edge_mask
+        )
         interaction = self.scale.astype(out.dtype)[inputs.species] * out
         for term in self.terms:
             interaction = interaction + term.site_energies(inputs).astype(out.dtype)

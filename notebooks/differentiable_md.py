@@ -24,7 +24,8 @@ from jax_md import simulate, space  # noqa: E402
 
 import nnpes  # noqa: E402
 from nnpes.md import energy_neighbor_list  # noqa: E402
-from nnpes.md.simulate import FS, KB, initial_momenta  # noqa: E402
+from nnpes.md.units import FS, KB  # noqa: E402
+from nnpes.md.velocities import initial_momenta  # noqa: E402
 
 here = Path(__file__).resolve().parent
 atoms = ase.io.read(here.parents[1] / "shared" / "data" / "ci" / "rmd17_ethanol_train.xyz", 0)
@@ -67,13 +68,16 @@ msd = jax.jit(msd_after)
 h = 1e-4
 shifted = lambda s: jax.tree.map(lambda p, d: p + s * d, potential.params, direction)  # noqa: E731
 fd = (float(msd(shifted(h))) - float(msd(shifted(-h)))) / (2 * h)
-print(f"d MSD / d params · u:  reverse mode {analytic:+.8e}   finite differences {fd:+.8e}   "
-      f"relative difference {abs(analytic - fd) / abs(fd):.1e}")
+print(
+    f"d MSD / d params · u:  reverse mode {analytic:+.8e}   finite differences {fd:+.8e}   "
+    f"relative difference {abs(analytic - fd) / abs(fd):.1e}"
+)
 assert abs(analytic - fd) < 1e-5 * abs(fd), "gradient through the trajectory disagrees with finite differences"
 
 # %% which weights matter most for how far the atoms travel?
-per_leaf = {jax.tree_util.keystr(path): float(jnp.linalg.norm(g))
-            for path, g in jax.tree_util.tree_flatten_with_path(grad)[0]}
+per_leaf = {
+    jax.tree_util.keystr(path): float(jnp.linalg.norm(g)) for path, g in jax.tree_util.tree_flatten_with_path(grad)[0]
+}
 for name, size in sorted(per_leaf.items(), key=lambda kv: -kv[1])[:5]:
     print(f"  |∂MSD/∂w| {size:10.3e}  {name}")
 print("ok" if np.isfinite(analytic) else "not finite")

@@ -11,7 +11,7 @@ import flax.serialization
 import jax
 import numpy as np
 import pytest
-from families import TINY_CUTOFF, TINY_MODELS
+from helpers import TINY_CUTOFF, TINY_MODELS
 
 import nnpes
 from nnpes.errors import ModelError
@@ -26,8 +26,9 @@ E0 = {1: -1.5, 6: -2.0, 8: -3.0, 29: -4.0}
 
 
 def make_potential(family: str, seed: int = 1) -> nnpes.Potential:
-    return nnpes.Potential.create(TINY_MODELS[family](), SPECIES, TINY_CUTOFF, seed=seed, e0=E0, scale=0.5,
-                                  avg_num_neighbors=6.0)
+    return nnpes.Potential.create(
+        TINY_MODELS[family](), SPECIES, TINY_CUTOFF, seed=seed, e0=E0, scale=0.5, avg_num_neighbors=6.0
+    )
 
 
 def cell() -> ase.Atoms:

@@ -34,8 +34,9 @@ def _check(calculator, stored: dict) -> None:
 
 @pytest.mark.parametrize("family", sorted(REFERENCE["families"]))
 def test_random_weight_family_reproduces_stored_energies_and_forces(family):
-    potential = nnpes.Potential.create(family_models()[family], [1, 6, 8], cutoff=3.5, seed=0,
-                                       e0={1: -13.6, 6: -1029.8, 8: -2041.3}, scale=0.7)
+    potential = nnpes.Potential.create(
+        family_models()[family], [1, 6, 8], cutoff=3.5, seed=0, e0={1: -13.6, 6: -1029.8, 8: -2041.3}, scale=0.7
+    )
     _check(nnpes.Calculator(potential, dtype="float64"), REFERENCE["families"][family])
 
 

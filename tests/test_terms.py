@@ -118,8 +118,9 @@ def test_jax_md_adaptor_sees_the_term(potentials):
     atoms.rattle(0.1, seed=5)
     box = atoms.cell.array.T
     displacement, _ = space.periodic_general(box, fractional_coordinates=True)
-    neighbor_fn, energy_fn = nnpes.md.energy_neighbor_list(with_term.astype("float64"), displacement, box,
-                                                           atoms.numbers, fractional_coordinates=True)
+    neighbor_fn, energy_fn = nnpes.md.energy_neighbor_list(
+        with_term.astype("float64"), displacement, box, atoms.numbers, fractional_coordinates=True
+    )
     frac = jnp.asarray(atoms.get_scaled_positions())
     energy = float(energy_fn(frac, neighbor_fn.allocate(frac)))
     np.testing.assert_allclose(energy, _energy(with_term, atoms), rtol=1e-10)

@@ -77,13 +77,29 @@ def test_user_script_model_trains_saves_evaluates_and_runs_md_in_fresh_processes
     assert meta["model_file"] == str(scripts / "train_pair.py") and meta["hyperparameters"]["hidden"] == 8
 
     # fresh processes, started elsewhere, with the script's folder not on sys.path
-    evaluated = _run(*nnpes_cli, "evaluate", str(run_dir / "model"), ETHANOL_TEST, "--json", str(tmp_path / "e.json"),
-                     cwd=tmp_path)
+    evaluated = _run(
+        *nnpes_cli, "evaluate", str(run_dir / "model"), ETHANOL_TEST, "--json", str(tmp_path / "e.json"), cwd=tmp_path
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics = json.loads((tmp_path / "e.json").read_text())["files"][0]
     assert metrics["frames"] == 100 and metrics["forces_mae_mev_per_a"] > 0
-    md = _run(*nnpes_cli, "md", str(run_dir / "model"), ETHANOL_TEST, "--ensemble", "nve", "--dt", "0.25", "--steps",
-              "20", "--every", "5", "--json", str(tmp_path / "md.json"), cwd=tmp_path)
+    md = _run(
+        *nnpes_cli,
+        "md",
+        str(run_dir / "model"),
+        ETHANOL_TEST,
+        "--ensemble",
+        "nve",
+        "--dt",
+        "0.25",
+        "--steps",
+        "20",
+        "--every",
+        "5",
+        "--json",
+        str(tmp_path / "md.json"),
+        cwd=tmp_path,
+    )
     assert md.returncode == 0, md.stderr[-3000:]
     summary = json.loads((tmp_path / "md.json").read_text())
     assert summary["steps"] == 20 and summary["atoms"] == 9 and summary["backend"] == "jax-md"

@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 
-
 _COLUMNS = [
     ("frames", "frames", "{:d}"),
     ("E MAE meV", "energy_mae_mev", "{:.2f}"),

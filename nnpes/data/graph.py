@@ -44,20 +44,19 @@ def species_indices(numbers: np.ndarray, atomic_numbers: Sequence[int], at: str 
     return idx
 
 
-@dataclasses.dataclass(frozen=True)
-class FrameGraph:
-    """One frame with its neighbour list, ready to batch (host arrays)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FrameGraph(Frame):
+    """A frame with its species indices and neighbour list, ready to batch (host arrays).
 
-    positions: np.ndarray
+    Attributes (beyond :class:`~nnpes.data.io.Frame`'s; ``cell`` is zero for a molecule):
+        species: (N,) int32 species indices. senders (j), receivers (i): (E,) int32.
+        shifts: (E, 3) int32 cell shifts: r_ij = R_j − R_i + shifts @ cell.
+    """
+
     species: np.ndarray
-    cell: np.ndarray
     senders: np.ndarray
     receivers: np.ndarray
     shifts: np.ndarray
-    energy: float | None = None
-    forces: np.ndarray | None = None
-    stress: np.ndarray | None = None
-    numbers: np.ndarray | None = None
 
     @property
     def n_node(self) -> int:
@@ -73,8 +72,10 @@ def frame_to_graph(frame: Frame, cutoff: float, atomic_numbers: Sequence[int]) -
     species = species_indices(frame.numbers, atomic_numbers, where(frame.source, frame.index))
     nl = neighbor_list(frame.positions, frame.cell, frame.pbc, cutoff)
     cell = frame.cell if frame.periodic else np.zeros((3, 3))
-    return FrameGraph(frame.positions, species, cell, nl.senders, nl.receivers, nl.shifts,
-                      frame.energy, frame.forces, frame.stress, frame.numbers)
+    fields = {f.name: getattr(frame, f.name) for f in dataclasses.fields(Frame)}
+    return FrameGraph(
+        **{**fields, "cell": cell}, species=species, senders=nl.senders, receivers=nl.receivers, shifts=nl.shifts
+    )
 
 
 def bucket(n: int, minimum: int = 8) -> int:
@@ -130,8 +131,10 @@ def batch_graphs(
     real_nodes = sum(g.n_node for g in graphs)
     real_edges = sum(g.n_edge for g in graphs)
     if n_node <= real_nodes or n_edge < real_edges or n_graph <= len(graphs):
-        raise DataError(f"padding too small: nodes {real_nodes}/{n_node}, edges {real_edges}/{n_edge}, "
-                         f"graphs {len(graphs)}/{n_graph}")
+        raise DataError(
+            f"padding too small: nodes {real_nodes}/{n_node}, edges {real_edges}/{n_edge}, "
+            f"graphs {len(graphs)}/{n_graph}"
+        )
 
     positions = np.zeros((n_node, 3), dtype)
     forces = np.zeros((n_node, 3), dtype)
@@ -172,8 +175,7 @@ def batch_graphs(
         edges={"shifts": shifts},
         senders=senders,
         receivers=receivers,
-        globals={"cell": cell, "energy": energy, "stress": stress,
-                 **{f"has_{k}": v for k, v in has.items()}},
+        globals={"cell": cell, "energy": energy, "stress": stress, **{f"has_{k}": v for k, v in has.items()}},
         n_node=n_node_arr,
         n_edge=n_edge_arr,
     )

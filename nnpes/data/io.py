@@ -224,11 +224,8 @@ def read_frames(
     *,
     index: str | int | slice = ":",
     format: str | None = None,
-    energy_key: str = "energy",
-    forces_key: str = "forces",
-    stress_key: str = "stress",
-    virial_key: str = "virial",
     require: Sequence[str] = (),
+    **label_keys: str,
 ) -> list[Frame]:
     """Read every frame of an ASE-readable file (extxyz first) and validate it.
 
@@ -236,10 +233,11 @@ def read_frames(
         path: the file.
         index: ASE index of the frames to read (":" for all, -1 for the last).
         format: ASE format name, guessed from the file name when None.
-        energy_key, forces_key, stress_key, virial_key: where labels live; each is looked up in
-            the calculator results first, then in ``atoms.info``/``atoms.arrays``. Units: eV,
-            eV/Å, eV/Å³ (ASE sign), virial eV (converted as stress = −virial/V).
         require: labels every frame must carry, from ("energy", "forces", "stress").
+        **label_keys: ``energy_key``, ``forces_key``, ``stress_key``, ``virial_key`` of
+            :func:`frame_from_atoms`: where labels live; each is looked up in the calculator
+            results first, then in ``atoms.info``/``atoms.arrays``. Units: eV, eV/Å, eV/Å³
+            (ASE sign), virial eV (converted as stress = −virial/V).
 
     Returns:
         The frames, in file order.
@@ -262,7 +260,6 @@ def read_frames(
         images = [images]
     if not images:
         raise DataError(f"{path}: file holds no frames")
-    kwargs = dict(energy_key=energy_key, forces_key=forces_key, stress_key=stress_key,
-                  virial_key=virial_key, require=require)
+    kwargs = dict(label_keys, require=require)
     offsets = [index] if isinstance(index, int) else range(len(images))
     return [frame_from_atoms(a, source=path, index=i, **kwargs) for i, a in zip(offsets, images)]

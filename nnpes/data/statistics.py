@@ -27,7 +27,9 @@ def fit_e0(
         e0 = {}
         for f in isolated:
             if f.n_atoms != 1 or f.energy is None:
-                raise DataError(f"{f.source}: frame {f.index}: isolated-atom file needs one atom with an energy per frame")
+                raise DataError(
+                    f"{f.source}: frame {f.index}: isolated-atom file needs one atom with an energy per frame"
+                )
             e0[int(f.numbers[0])] = f.energy
         missing = [z for z in numbers if z not in e0]
         if missing:
@@ -86,8 +88,10 @@ def fit_model_statistics(model, graphs: Sequence[FrameGraph], batch_size: int = 
         return model
     unknown = sorted(set(wanted.values()) - {"descriptor_mean", "descriptor_std"})
     if unknown:
-        raise ModelError(f"{type(model).__name__}: no data statistic named {', '.join(unknown)} "
-                         "(known: descriptor_mean, descriptor_std)")
+        raise ModelError(
+            f"{type(model).__name__}: no data statistic named {', '.join(unknown)} "
+            "(known: descriptor_mean, descriptor_std)"
+        )
     mean, std = _descriptor_moments(model.clone(**{f: None for f in wanted}), graphs, batch_size, min_std)
     values = {"descriptor_mean": mean, "descriptor_std": std}
     return model.clone(**{field: tuple(float(v) for v in values[stat].reshape(-1)) for field, stat in wanted.items()})
@@ -108,13 +112,14 @@ def _descriptor_moments(model, graphs, batch_size: int, min_std: float) -> tuple
     def features(graph):
         vectors = edge_vectors(graph.nodes["positions"], graph.globals["cell"], graph)
         vectors, mask = safe_edges(vectors, jraph.get_edge_padding_mask(graph), model.cutoff)
-        return model.apply({}, vectors, graph.nodes["species"], graph.senders, graph.receivers, mask,
-                           method="descriptors")
+        return model.apply(
+            {}, vectors, graph.nodes["species"], graph.senders, graph.receivers, mask, method="descriptors"
+        )
 
     s = model.num_species
     count, total, squares = np.zeros(s), 0.0, 0.0
     for start in range(0, len(graphs), batch_size):
-        chunk = list(graphs[start:start + batch_size])
+        chunk = list(graphs[start : start + batch_size])
         batch = batch_graphs(chunk, dtype=np.dtype(dtype))
         n_real = sum(g.n_node for g in chunk)
         x = np.asarray(features(batch), np.float64)[:n_real]

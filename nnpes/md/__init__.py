@@ -5,23 +5,29 @@
 - :func:`simulation`, :func:`run`: NVE / NVT (Langevin, Nosé–Hoover) / NPT with jax-md in jitted
   chunks, neighbour-list overflow caught and repaired; :func:`run_ase` the same with ASE;
   :func:`run_md` picks one for a structure (what ``nnpes md`` calls).
+- :class:`MDConfig` (alias :class:`MDOptions`): the validated MD options.
+
+Modules: ``config`` (options), ``ensembles`` (the one table both backends read), ``jaxmd_simulation``
+(jax-md set-up), ``loop`` (jax-md run loop), ``ase_backend``, ``results`` (MDResult, writers),
+``driver`` (backend choice), ``units``, ``velocities``, ``jaxmd_energy``, ``calculator``.
 
 jax-md is imported on first use of one of its names (importing it takes seconds).
 """
 
-from nnpes.md.ase import Calculator
+from nnpes.md.calculator import Calculator
 
 _LAZY = {
-    "energy_neighbor_list": "nnpes.md.jax_md",
-    "needs_reallocation": "nnpes.md.jax_md",
-    "BoxTooSmallError": "nnpes.md.jax_md",
-    "MDOptions": "nnpes.md.simulate",
-    "MDResult": "nnpes.md.simulate",
-    "Simulation": "nnpes.md.simulate",
-    "simulation": "nnpes.md.simulate",
-    "run": "nnpes.md.simulate",
-    "run_ase": "nnpes.md.simulate",
-    "run_md": "nnpes.md.simulate",
+    "energy_neighbor_list": "nnpes.md.jaxmd_energy",
+    "needs_reallocation": "nnpes.md.jaxmd_energy",
+    "BoxTooSmallError": "nnpes.md.jaxmd_energy",
+    "MDConfig": "nnpes.md.config",
+    "MDOptions": "nnpes.md.config",
+    "MDResult": "nnpes.md.results",
+    "Simulation": "nnpes.md.jaxmd_simulation",
+    "simulation": "nnpes.md.jaxmd_simulation",
+    "run": "nnpes.md.loop",
+    "run_ase": "nnpes.md.ase_backend",
+    "run_md": "nnpes.md.driver",
 }
 
 

@@ -18,7 +18,7 @@ from nnpes.potential import Potential, load
 
 
 def resolve_dtype(dtype) -> np.dtype:
-    """"float32" or "float64" → numpy dtype; float64 needs ``jax_enable_x64`` switched on first."""
+    """ "float32" or "float64" → numpy dtype; float64 needs ``jax_enable_x64`` switched on first."""
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise ModelError(f"dtype must be 'float32' or 'float64', got {dtype!r}")

@@ -135,35 +135,54 @@ def energy_neighbor_list(
     """
     numbers = np.asarray(atomic_numbers).reshape(-1)
     species = jnp.asarray(species_indices(numbers, potential.atomic_numbers, "energy_neighbor_list"))
-    n_atoms = len(numbers)
-    cutoff = float(potential.cutoff)
-    skin = float(dr_threshold)
-    list_cutoff = cutoff + skin
+    cutoff, skin = float(potential.cutoff), float(dr_threshold)
     free = _is_free_space(displacement_fn, box, fractional_coordinates)
-
     if free:
         box = 1.0
         neighbor_kwargs.setdefault("disable_cell_list", True)  # molecules drift; no cells to wrap into
     else:
-        box_np = np.asarray(box, np.float64)
-        if box_np.ndim == 2 and not np.allclose(np.triu(box_np), box_np):
-            raise ModelError("box must be upper triangular (columns = lattice vectors, ASE's standard cell "
-                             "form): rotate with atoms.set_cell(atoms.cell.standard_form()[0], scale_atoms=True)")
-        if box_np.ndim == 2 and not fractional_coordinates:
-            raise ModelError("a (3, 3) box needs space.periodic_general(box, fractional_coordinates=True) and "
-                             "fractional_coordinates=True here")
-        check_box(box_np, cutoff, skin)
+        _check_periodic_box(box, fractional_coordinates, cutoff, skin)
     static_box = box_matrix(jnp.asarray(box, jnp.float32 if not jax.config.jax_enable_x64 else jnp.float64))
-
     list_displacement = _fractional_displacement(static_box) if fractional_coordinates and not free else displacement_fn
-    base = partition.neighbor_list(list_displacement, box, list_cutoff, dr_threshold=0.0,
-                                   capacity_multiplier=capacity_multiplier,
-                                   fractional_coordinates=fractional_coordinates, format=partition.Sparse,
-                                   **neighbor_kwargs)
+    base = partition.neighbor_list(
+        list_displacement, box, cutoff + skin, dr_threshold=0.0, capacity_multiplier=capacity_multiplier,
+        fractional_coordinates=fractional_coordinates, format=partition.Sparse, **neighbor_kwargs
+    )  # fmt: skip
+    allocate, update = _list_functions(base, static_box, list_displacement, free, cutoff, skin)
+    energy_fn = _energy_function(potential, displacement_fn, species, len(numbers))
+    return partition.NeighborListFns(allocate, update), energy_fn
+
+
+def _check_periodic_box(box, fractional_coordinates: bool, cutoff: float, skin: float) -> None:
+    """Refuse a periodic box jax-md's lists cannot use: not upper triangular, a matrix without
+    fractional coordinates, or narrower than 2·(cutoff + skin)."""
+    box_np = np.asarray(box, np.float64)
+    if box_np.ndim == 2 and not np.allclose(np.triu(box_np), box_np):
+        raise ModelError(
+            "box must be upper triangular (columns = lattice vectors, ASE's standard cell "
+            "form): rotate with atoms.set_cell(atoms.cell.standard_form()[0], scale_atoms=True)"
+        )
+    if box_np.ndim == 2 and not fractional_coordinates:
+        raise ModelError(
+            "a (3, 3) box needs space.periodic_general(box, fractional_coordinates=True) and "
+            "fractional_coordinates=True here"
+        )
+    check_box(box_np, cutoff, skin)
+
+
+def _list_functions(base, static_box, list_displacement, free: bool, cutoff: float, skin: float):
+    """(allocate, update) around jax-md's list ``base``: box checks, the skin criterion with
+    margin and box strain, and the box-too-small flag (see :func:`energy_neighbor_list`)."""
+    list_cutoff = cutoff + skin
 
     def wrap(nbrs, reference_box, too_small):
         fields = {f.name: getattr(nbrs, f.name) for f in dataclasses.fields(partition.NeighborList)}
         fields["update_fn"] = update
+        size = fields["cell_size"]
+        if isinstance(size, jax.Array) and not isinstance(size, jax.core.Tracer) and size.ndim == 0:
+            # a static (metadata) field: jax compares metadata of lists with equal shapes, and an array
+            # there raises ("metadata fields ... not hashable") when a second simulation traces
+            fields["cell_size"] = float(size)
         return NeighborList(**fields, reference_box=reference_box, box_too_small=too_small)
 
     def allocate(R, extra_capacity: int = 0, **kwargs):
@@ -195,6 +214,13 @@ def energy_neighbor_list(
 
         return lax.cond(rebuild, build, keep, nbrs)
 
+    return allocate, update
+
+
+def _energy_function(potential: Potential, displacement_fn, species, n_atoms: int):
+    """The jax-md energy function (see :func:`energy_neighbor_list`): the edges of the list,
+    masked beyond the cutoff, through :func:`nnpes.physics.site_energies_from_vectors`."""
+
     def energy_fn(R, neighbor, *, params=None, box=None, perturbation=None, **unused_kwargs):
         valid = (neighbor.idx[0] < n_atoms) & (neighbor.idx[1] < n_atoms)
         senders = jnp.where(valid, neighbor.idx[0], 0)  # empty slots hold N: point them at atom 0, masked
@@ -209,7 +235,7 @@ def energy_neighbor_list(
         interaction, reference = site_energies_from_vectors(model, vectors, species, senders, receivers, valid)
         return jnp.sum(interaction) + jnp.sum(reference)
 
-    return partition.NeighborListFns(allocate, update), energy_fn
+    return energy_fn
 
 
 def _fractional_displacement(static_box):
@@ -244,7 +270,8 @@ def check_box(box, cutoff: float, skin: float) -> None:
         repeat = [max(1, math.ceil(need / w)) for w in widths]
         raise BoxTooSmallError(
             f"periodic box is {widths.min():.2f} Å wide, jax-md's minimum image needs at least 2·(cutoff + skin) = "
-            f"{need:.2f} Å: make a supercell (ase: atoms.repeat({tuple(repeat)})) or use nnpes.Calculator with ASE")
+            f"{need:.2f} Å: make a supercell (ase: atoms.repeat({tuple(repeat)})) or use nnpes.Calculator with ASE"
+        )
 
 
 def _is_free_space(displacement_fn, box, fractional: bool) -> bool:

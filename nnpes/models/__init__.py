@@ -52,5 +52,14 @@ def family_class(name: str, where: str = "model") -> type:
     return FAMILIES[name]
 
 
-__all__ = ["FAMILIES", "BehlerParrinello", "DeepSets", "NequIP", "SiteModel", "family_class", "family_name",
-           "receptive_hops", "register_family"]
+__all__ = [
+    "FAMILIES",
+    "BehlerParrinello",
+    "DeepSets",
+    "NequIP",
+    "SiteModel",
+    "family_class",
+    "family_name",
+    "receptive_hops",
+    "register_family",
+]

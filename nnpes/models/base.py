@@ -148,8 +148,12 @@ def hyperparameter_schema(cls, extra_fields: dict[str, Any] | None = None, name:
             return values
 
         validators["_family_check"] = model_validator(mode="after")(_check)
-    return create_model(name or f"{cls.__name__}Config", __config__=ConfigDict(extra="forbid", frozen=True),
-                        __validators__=validators, **fields)
+    return create_model(
+        name or f"{cls.__name__}Config",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __validators__=validators,
+        **fields,
+    )
 
 
 def validate_hyperparameters(model, where: str) -> None:

@@ -40,8 +40,17 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import Field
 
-from nnpes.models.base import (EnvelopeOrder, Fitted, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                               SiteModel, Widths, safe_vector)
+from nnpes.models.base import (
+    EnvelopeOrder,
+    Fitted,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SiteModel,
+    Widths,
+    safe_vector,
+)
 from nnpes.models.descriptors import angular_monomials, chunked_segment_sum, edge_chunk_schedule, order_blocks
 from nnpes.models.radial import polynomial_envelope
 
@@ -75,8 +84,11 @@ def angular_grid(model: "BehlerParrinello") -> tuple[np.ndarray, np.ndarray, np.
 
     Default η: (1, 4)/r_c², i.e. the Gaussian falls to e⁻¹ at r = r_c and r = r_c/2.
     """
-    etas = (np.array([1.0, 4.0]) / model.cutoff**2 if model.angular_etas is None
-            else np.asarray(model.angular_etas, np.float64).reshape(-1))
+    etas = (
+        np.array([1.0, 4.0]) / model.cutoff**2
+        if model.angular_etas is None
+        else np.asarray(model.angular_etas, np.float64).reshape(-1)
+    )
     zetas = np.asarray(model.zetas, np.int64).reshape(-1)
     lambdas = np.asarray(model.lambdas).reshape(-1)
     return etas, zetas.astype(np.int64), lambdas.astype(np.float64)
@@ -169,8 +181,9 @@ class BehlerParrinello(SiteModel):
         etas, shifts = values.get("radial_etas"), values.get("radial_shifts")
         n_shifts = len(shifts) if shifts is not None else values.get("num_radial", 8)
         if etas is not None and len(etas) not in (1, n_shifts):
-            raise ValueError(f"radial_etas has {len(etas)} widths; it needs one per radial shift ({n_shifts}) "
-                             "or one for all")
+            raise ValueError(
+                f"radial_etas has {len(etas)} widths; it needs one per radial shift ({n_shifts}) or one for all"
+            )
 
     def descriptors(self, vectors, species, senders, receivers, edge_mask):
         """Element-resolved symmetry functions of every atom.
@@ -203,16 +216,18 @@ class BehlerParrinello(SiteModel):
         if n_max < 0:
             return radial
         k, m = len(etas), order_blocks(n_max).shape[0]
-        moments = summed[:, :, n_rad:n_rad + k * m].reshape(n_node, s, k, m)
-        self_terms = summed[:, :, n_rad + k * m:]  # (N, S, K): Σ_{j∈a} g_j²
+        moments = summed[:, :, n_rad : n_rad + k * m].reshape(n_node, s, k, m)
+        self_terms = summed[:, :, n_rad + k * m :]  # (N, S, K): Σ_{j∈a} g_j²
         first, second = species_pairs(s)
         blocks = jnp.asarray(order_blocks(n_max), dtype)
         # Σ_{j∈a, k∈b} g_j g_k c^n for every pair (a ≤ b), each (N, P, K, n_max+1)
         pair_sums = jnp.einsum("npkm,npkm,mo->npko", moments[:, first], moments[:, second], blocks)
         same = jnp.asarray(first == second)
-        pair_sums = jnp.where(same[None, :, None, None],
-                              pair_sums - self_terms[:, first, :, None],  # drop j = k
-                              2.0 * pair_sums)  # a ≠ b: both orders (j∈a, k∈b) and (j∈b, k∈a)
+        pair_sums = jnp.where(
+            same[None, :, None, None],
+            pair_sums - self_terms[:, first, :, None],  # drop j = k
+            2.0 * pair_sums,
+        )  # a ≠ b: both orders (j∈a, k∈b) and (j∈b, k∈a)
         coeff = jnp.asarray(_expansion_coefficients(zetas, lambdas), dtype)
         angular = jnp.einsum("npko,oc->npkc", pair_sums, coeff).reshape(n_node, -1)
         return jnp.concatenate([radial, angular / self.avg_num_neighbors**2], axis=1)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+
 def monomial_exponents(n_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exponents (p, q, r) of every monomial x^p y^q z^r with p+q+r = n, n = 0..n_max.
 

@@ -34,11 +34,11 @@ def hidden_irreps_for(channels: int, l_max: int, parity: bool) -> e3nn.Irreps:
     """`channels` copies of every irrep up to `l_max`; both parities when `parity` (full O(3)),
     else only the natural ones (0e, 1o, 2e, …)."""
     irreps = []
-    for l in range(l_max + 1):
-        natural = "e" if l % 2 == 0 else "o"
-        irreps.append(f"{channels}x{l}{natural}")
+    for degree in range(l_max + 1):
+        natural = "e" if degree % 2 == 0 else "o"
+        irreps.append(f"{channels}x{degree}{natural}")
         if parity:
-            irreps.append(f"{channels}x{l}{'o' if natural == 'e' else 'e'}")
+            irreps.append(f"{channels}x{degree}{'o' if natural == 'e' else 'e'}")
     return e3nn.Irreps("+".join(irreps))
 
 
@@ -60,14 +60,18 @@ class Interaction(nn.Module):
         gates = e3nn.Irreps(f"{nonscalars.num_irreps}x0e") if nonscalars.num_irreps else e3nn.Irreps("")
         gate_in = scalars + gates + nonscalars  # order matters for e3nn.gate: gates right of scalars
 
-        self_connection = e3nn.flax.Linear(target, num_indexed_weights=self.num_species, force_irreps_out=True, name="self_connection")(
-            species, x
-        )
+        self_connection = e3nn.flax.Linear(
+            target, num_indexed_weights=self.num_species, force_irreps_out=True, name="self_connection"
+        )(species, x)
         h = e3nn.flax.Linear(x.irreps, name="linear_up")(x)
         messages = e3nn.tensor_product(h[senders], sh, filter_ir_out=gate_in.regroup())
         # parameter names Dense_<i>: those of saved models
-        weights = MLP(tuple(self.radial_features) + (messages.irreps.num_irreps,), use_bias=False, layer_prefix="Dense",
-                      name="radial")(radial)
+        weights = MLP(
+            tuple(self.radial_features) + (messages.irreps.num_irreps,),
+            use_bias=False,
+            layer_prefix="Dense",
+            name="radial",
+        )(radial)
         messages = messages * (weights * edge_mask[:, None].astype(weights.dtype))
         agg = e3nn.scatter_sum(messages, dst=receivers, output_size=x.shape[0])
         agg = agg / jnp.sqrt(self.avg_num_neighbors).astype(agg.dtype)
@@ -114,8 +118,10 @@ class NequIP(SiteModel):
 
     @nn.compact
     def __call__(self, vectors, species, senders, receivers, edge_mask):
-        hidden = e3nn.Irreps(self.hidden_irreps) if self.hidden_irreps else hidden_irreps_for(
-            self.channels, self.l_max, self.parity
+        hidden = (
+            e3nn.Irreps(self.hidden_irreps)
+            if self.hidden_irreps
+            else hidden_irreps_for(self.channels, self.l_max, self.parity)
         )
         l_sh = min(self.l_max, hidden.lmax) if self.hidden_irreps is None else hidden.lmax
         sh_irreps = e3nn.Irreps.spherical_harmonics(l_sh, p=-1)

@@ -13,12 +13,7 @@ def polynomial_envelope(r: jnp.ndarray, cutoff: float, p: int = 6) -> jnp.ndarra
         r: distances, Å (any shape). cutoff: r_c, Å. p: polynomial order (larger is steeper).
     """
     x = r / cutoff
-    u = (
-        1.0
-        - 0.5 * (p + 1) * (p + 2) * x**p
-        + p * (p + 2) * x ** (p + 1)
-        - 0.5 * p * (p + 1) * x ** (p + 2)
-    )
+    u = 1.0 - 0.5 * (p + 1) * (p + 2) * x**p + p * (p + 2) * x ** (p + 1) - 0.5 * p * (p + 1) * x ** (p + 2)
     return jnp.where(x < 1.0, u, 0.0)
 
 

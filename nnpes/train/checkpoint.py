@@ -1,4 +1,5 @@
-"""Atomic checkpoints of the whole training state (one pytree).
+"""Atomic checkpoints of the whole training state (one pytree, normally a
+:class:`nnpes.train.state.TrainState`), serialised with msgpack (``flax.serialization``).
 
 Each checkpoint is one file ``step_XXXXXXXX.msgpack``, written to a temporary name, flushed
 to disk and renamed, so a kill at any moment leaves either the old set or the new file, never
@@ -12,11 +13,13 @@ import glob
 import os
 import re
 import warnings
+from typing import Any, TypeVar
 
 import flax.serialization
 import jax
 import numpy as np
 
+T = TypeVar("T")
 _NAME = re.compile(r"step_(\d+)\.msgpack$")
 
 
@@ -29,8 +32,11 @@ def _steps(directory: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def save(directory: str, step: int, state, keep: int = 3) -> str:
-    """Write ``state`` (a pytree) for ``step`` atomically; keep the newest ``keep`` files."""
+def save(directory: str, step: int, state: Any, keep: int = 3) -> str:
+    """Write ``state`` (a pytree) for ``step`` atomically; keep the newest ``keep`` files.
+
+    Returns the path written (``directory/step_XXXXXXXX.msgpack``).
+    """
     os.makedirs(directory, exist_ok=True)
     data = flax.serialization.to_bytes(jax.device_get(state))
     final = os.path.join(directory, f"step_{step:08d}.msgpack")
@@ -51,20 +57,23 @@ def save(directory: str, step: int, state, keep: int = 3) -> str:
     return final
 
 
-def restore(directory: str, target):
-    """The newest readable checkpoint restored into the structure of ``target``, or None."""
-    for step, path in reversed(_steps(directory)):
+def restore(directory: str, target: T) -> T | None:
+    """The newest readable checkpoint restored into the structure of ``target`` (a fresh state
+    of the same run: its pytree structure, not its values, is used), or None if none is readable."""
+    for _, path in reversed(_steps(directory)):
         try:
             with open(path, "rb") as f:
                 state = flax.serialization.from_bytes(target, f.read())
             jax.tree.map(np.asarray, state)
             return state
         except Exception as e:  # a truncated or corrupted file: fall back to the previous one
-            warnings.warn(f"{path}: checkpoint unreadable ({type(e).__name__}); falling back to an older one",
-                          stacklevel=2)
+            warnings.warn(
+                f"{path}: checkpoint unreadable ({type(e).__name__}); falling back to an older one", stacklevel=2
+            )
     return None
 
 
 def latest_step(directory: str) -> int | None:
+    """Step of the newest checkpoint file in ``directory`` (readable or not), or None."""
     s = _steps(directory)
     return s[-1][0] if s else None

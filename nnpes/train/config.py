@@ -119,7 +119,7 @@ class Config(BaseModel):
     workdir: str = "runs/default"
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
-    data: DataConfig
+    data: DataConfig | None = None
     model: Any = Field(default_factory=lambda: model_section({"family": "nequip"}))
     loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -146,8 +146,13 @@ class Config(BaseModel):
 
 
 # Keys that may change when a run resumes (only budgets).
-RESUMABLE_CHANGES = ("training.max_steps", "training.max_epochs", "training.time_budget_s", "training.progress",
-                     "workdir")
+RESUMABLE_CHANGES = (
+    "training.max_steps",
+    "training.max_epochs",
+    "training.time_budget_s",
+    "training.progress",
+    "workdir",
+)
 
 
 def _describe(err: ValidationError, source: str) -> str:
@@ -184,10 +189,18 @@ def _allowed_keys(parent: str, family: str | None) -> list[str]:
     node: Any = Config
     for part in [p for p in parent.split(".") if p]:
         field = node.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        node = _section(field.annotation) if field is not None else None
+        if node is None:
             return []
-        node = field.annotation
     return sorted(node.model_fields)
+
+
+def _section(ann: Any) -> type[BaseModel] | None:
+    """The section class of a field annotated ``Section`` or ``Section | None`` (else None)."""
+    for a in (ann, *typing.get_args(ann)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
 
 
 def _set_override(tree: dict, dotted: str, value: Any, source: str) -> None:
@@ -211,8 +224,12 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
-                raw: dict | None = None, workdir: str | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    raw: dict | None = None,
+    workdir: str | None = None,
+) -> Config:
     """Read and validate a YAML config (or a dict), apply ``key.sub=value`` overrides and
     ``--workdir`` (which wins over the file). Relative data paths are resolved against the
     current directory first, then the config file's directory. Raises ConfigError (one line)."""
@@ -263,6 +280,8 @@ def _resolve_paths(config: Config, base: str) -> Config:
         return os.path.abspath(candidate) if os.path.exists(candidate) else p
 
     d = config.data
+    if d is None:
+        return config
     data = d.model_copy(update={k: resolve(getattr(d, k)) for k in ("train", "validation", "test", "isolated_atoms")})
     for key in ("train", "validation", "test", "isolated_atoms"):
         paths = getattr(data, key)
@@ -304,8 +323,11 @@ def describe_type(ann: Any, metadata: Sequence[Any] = ()) -> str:
     elif origin in (Union, types.UnionType):  # bounds apply to the non-None member
         return " or ".join("None" if a is type(None) else describe_type(a, metadata) for a in args)
     elif origin is tuple:
-        text = f"tuple[{describe_type(args[0])}, ...]" if len(args) == 2 and args[1] is Ellipsis else \
-            f"tuple[{', '.join(describe_type(a) for a in args)}]"
+        text = (
+            f"tuple[{describe_type(args[0])}, ...]"
+            if len(args) == 2 and args[1] is Ellipsis
+            else f"tuple[{', '.join(describe_type(a) for a in args)}]"
+        )
     elif origin is list:
         text = f"list[{describe_type(args[0])}]"
     else:
@@ -328,7 +350,7 @@ def reference_markdown() -> str:
         out = []
         for name, field in model.model_fields.items():
             ann = field.annotation
-            if name == "model" or (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            if name == "model" or _section(ann) is not None:
                 continue
             default = "required" if field.is_required() else f"`{field.get_default(call_default_factory=False)!r}`"
             out.append(f"| `{prefix}{name}` | {describe_type(ann, field.metadata)} | {default} |")
@@ -336,8 +358,12 @@ def reference_markdown() -> str:
 
     lines = ["| key | type | default |", "|---|---|---|"]
     lines += rows(Config, "")
-    for section, cls in (("data", DataConfig), ("loss", LossConfig), ("optimizer", OptimizerConfig),
-                         ("training", TrainingConfig)):
+    for section, cls in (
+        ("data", DataConfig),
+        ("loss", LossConfig),
+        ("optimizer", OptimizerConfig),
+        ("training", TrainingConfig),
+    ):
         lines += rows(cls, f"{section}.")
     for family, cls in FAMILIES.items():
         lines += [r.replace("` |", f"` ({family}) |", 1) for r in rows(_model_schema(family, cls), "model.")]

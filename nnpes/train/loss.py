@@ -30,8 +30,10 @@ def error_sums(pred: dict, graph: jraph.GraphsTuple, kind: str = "mse", delta: f
     w_f = (g["has_forces"] * graph_mask)[node_graph]
     f_pen = _penalty(pred["forces"] - graph.nodes["forces"], kind, delta).sum(-1)
     out = {
-        "energy": jnp.sum(w_e * e_pen), "energy_count": jnp.sum(w_e),
-        "forces": jnp.sum(w_f * f_pen), "forces_count": 3.0 * jnp.sum(w_f),
+        "energy": jnp.sum(w_e * e_pen),
+        "energy_count": jnp.sum(w_e),
+        "forces": jnp.sum(w_f * f_pen),
+        "forces_count": 3.0 * jnp.sum(w_f),
     }
     if "stress" in pred:
         w_s = g["has_stress"] * graph_mask

@@ -31,7 +31,12 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int, steps_per_epoch: int)
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
     parts.append(optax.scale_by_learning_rate(learning_rate_schedule(cfg, total_steps)))
     if cfg.schedule == "plateau":
-        parts.append(optax.contrib.reduce_on_plateau(
-            factor=cfg.plateau_factor, patience=cfg.plateau_patience_epochs,
-            accumulation_size=steps_per_epoch, min_scale=cfg.min_learning_rate_factor))
+        parts.append(
+            optax.contrib.reduce_on_plateau(
+                factor=cfg.plateau_factor,
+                patience=cfg.plateau_patience_epochs,
+                accumulation_size=steps_per_epoch,
+                min_scale=cfg.min_learning_rate_factor,
+            )
+        )
     return optax.chain(*parts)

@@ -3,7 +3,6 @@ data apart, too little padding is refused. Host-side: no model is compiled."""
 
 from __future__ import annotations
 
-
 import ase
 import ase.build
 import ase.io

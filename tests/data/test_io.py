@@ -81,7 +81,7 @@ def test_non_finite_values_raise_naming_file_and_frame(tmp_path, case):
 def test_wrong_forces_shape_raises(tmp_path):
     path = tmp_path / "forces2.xyz"
     path.write_text(
-        "2\nProperties=species:S:1:pos:R:3:forces:R:2 energy=-1.0 pbc=\"F F F\"\n"
+        '2\nProperties=species:S:1:pos:R:3:forces:R:2 energy=-1.0 pbc="F F F"\n'
         "H 0.0 0.0 0.0 0.1 0.2\nH 0.0 0.0 0.74 -0.1 -0.2\n"
     )
     with pytest.raises(DataError) as err:
@@ -140,7 +140,7 @@ def test_species_lookup_names_every_unknown_element():
 
 def test_dummy_element_raises(tmp_path):
     path = tmp_path / "dummy.xyz"
-    path.write_text("2\nProperties=species:S:1:pos:R:3 pbc=\"F F F\"\nH 0 0 0\nX 0 0 1\n")
+    path.write_text('2\nProperties=species:S:1:pos:R:3 pbc="F F F"\nH 0 0 0\nX 0 0 1\n')
     with pytest.raises(DataError) as err:
         read_frames(path)
     assert_one_line_error(err, str(path), "frame 0", "atomic numbers")
@@ -159,8 +159,9 @@ def test_atoms_closer_than_min_distance_raise(tmp_path, periodic_image):
     assert_one_line_error(err, path, "frame 1", "closer than")
 
 
-@pytest.mark.parametrize("cell", [np.zeros((3, 3)), np.array([[3.0, 0, 0], [0, 3.0, 0], [3.0, 3.0, 0]])],
-                         ids=["zero", "coplanar"])
+@pytest.mark.parametrize(
+    "cell", [np.zeros((3, 3)), np.array([[3.0, 0, 0], [0, 3.0, 0], [3.0, 3.0, 0]])], ids=["zero", "coplanar"]
+)
 def test_periodic_frame_with_singular_cell_raises(tmp_path, cell):
     bad = ase.Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=cell, pbc=True)
     path = str(tmp_path / "singular.xyz")
@@ -245,5 +246,3 @@ def test_shared_ci_files_read_with_stress(shared_data):
     assert len(frames) == 10
     for f in frames:
         assert f.stress.shape == (3, 3) and np.allclose(f.stress, f.stress.T)
-
-

@@ -87,5 +87,3 @@ def test_neighbor_list_edge_vectors_follow_the_documented_convention():
     # every edge has its reverse (j → i with the opposite shift)
     edges = {(int(s), int(t), tuple(int(x) for x in k)) for s, t, k in zip(nl.senders, nl.receivers, nl.shifts)}
     assert all((t, s, tuple(-x for x in k)) in edges for s, t, k in edges)
-
-

@@ -23,12 +23,36 @@ TRAIN = str(Path(nnpes.__file__).parent / "data" / "files" / "ethanol_train.xyz"
 # One impossible value for every hyper-parameter of every family (the test below fails when a
 # family gains a hyper-parameter that has no row here, so every new key gets its range).
 BAD_VALUES = {
-    "nequip": {"channels": 0, "l_max": -1, "parity": "maybe", "num_layers": 0, "num_basis": 0,
-               "radial_features": [16, -2], "envelope_p": 0, "readout_features": 0, "hidden_irreps": "8x1o"},
-    "behler_parrinello": {"num_radial": 0, "radial_shifts": [], "radial_etas": [1.0, 2.0, 3.0], "angular_etas": [-1.0],
-                          "zetas": [0], "lambdas": [2], "hidden_features": [0], "envelope_p": 0, "edge_chunk": -1},
-    "deepsets": {"num_basis": 0, "envelope_p": 0, "embed_features": 0, "angular_order": -1, "phi_features": [],
-                 "rho_features": [3, 0]},
+    "nequip": {
+        "channels": 0,
+        "l_max": -1,
+        "parity": "maybe",
+        "num_layers": 0,
+        "num_basis": 0,
+        "radial_features": [16, -2],
+        "envelope_p": 0,
+        "readout_features": 0,
+        "hidden_irreps": "8x1o",
+    },
+    "behler_parrinello": {
+        "num_radial": 0,
+        "radial_shifts": [],
+        "radial_etas": [1.0, 2.0, 3.0],
+        "angular_etas": [-1.0],
+        "zetas": [0],
+        "lambdas": [2],
+        "hidden_features": [0],
+        "envelope_p": 0,
+        "edge_chunk": -1,
+    },
+    "deepsets": {
+        "num_basis": 0,
+        "envelope_p": 0,
+        "embed_features": 0,
+        "angular_order": -1,
+        "phi_features": [],
+        "rho_features": [3, 0],
+    },
 }
 
 
@@ -77,8 +101,10 @@ def test_potential_create_refuses_out_of_range_hyperparameter_in_one_line(family
 
 
 def test_fitted_constants_are_not_user_keys():
-    assert fitted_fields(FAMILIES["behler_parrinello"]) == {"feature_mean": "descriptor_mean",
-                                                           "feature_std": "descriptor_std"}
+    assert fitted_fields(FAMILIES["behler_parrinello"]) == {
+        "feature_mean": "descriptor_mean",
+        "feature_std": "descriptor_std",
+    }
     with pytest.raises(ConfigError, match="unknown key 'model.feature_mean'"):
         load_config(raw={"data": {"train": TRAIN}, "model": {"family": "behler_parrinello", "feature_mean": [0.0]}})
 
@@ -93,7 +119,11 @@ class Harmonic(SiteModel):
         k = self.param("k", nn.initializers.ones, (self.num_species,))
         r = jnp.linalg.norm(vectors, axis=-1)
         pair = jnp.where(edge_mask, (r - self.r0) ** 2 * (1 - r / self.cutoff) ** 2, 0.0)
-        return jnp.zeros(species.shape[0], vectors.dtype).at[receivers].add((k[species[receivers]] * pair).astype(vectors.dtype))
+        return (
+            jnp.zeros(species.shape[0], vectors.dtype)
+            .at[receivers]
+            .add((k[species[receivers]] * pair).astype(vectors.dtype))
+        )
 
 
 def test_registered_user_family_is_a_config_family_and_round_trips(tmp_path):

@@ -71,16 +71,29 @@ def main() -> None:
     model_dir = HERE / "quickstart_model"
     if args.retrain or not model_dir.exists():
         work = HERE / "_quickstart_run"
-        subprocess.run([sys.executable, "-m", "nnpes", "train", "configs/quickstart.yaml", "--workdir", str(work),
-                        "training.max_steps=300", "training.time_budget_s=null", "training.progress=false"],
-                       check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nnpes",
+                "train",
+                "configs/quickstart.yaml",
+                "--workdir",
+                str(work),
+                "training.max_steps=300",
+                "training.time_budget_s=null",
+                "training.progress=false",
+            ],
+            check=True,
+        )
         os.replace(work / "model", model_dir)
         subprocess.run(["rm", "-rf", str(work)], check=True)
     systems = structures()
     out = {"families": {}, "quickstart": {}}
     for family, model in family_models().items():
-        potential = nnpes.Potential.create(model, [1, 6, 8], cutoff=3.5, seed=0, e0={1: -13.6, 6: -1029.8, 8: -2041.3},
-                                           scale=0.7)
+        potential = nnpes.Potential.create(
+            model, [1, 6, 8], cutoff=3.5, seed=0, e0={1: -13.6, 6: -1029.8, 8: -2041.3}, scale=0.7
+        )
         calc = nnpes.Calculator(potential, dtype="float64")
         out["families"][family] = {name: predictions(calc, atoms) for name, atoms in systems.items()}
     calc = nnpes.Calculator(nnpes.load(model_dir), dtype="float64")

@@ -1,4 +1,4 @@
-"""Tiny instances of every model family, for the physics property tests.
+"""Tiny instances of every model family, for the physics-law tests (tests/test_physics.py).
 
 Each entry maps a family name of ``nnpes.models.FAMILIES`` to a factory returning a small
 model (a few hundred parameters: each distinct model compiles once per padded shape, and the
@@ -6,7 +6,8 @@ machine running the suite is small). Adding a family means adding one line here,
 
     "behler_parrinello": lambda: BehlerParrinello(<small hyper-parameters>),
 
-``test_every_family_has_a_tiny_model`` fails until the line exists.
+``test_every_family_has_a_tiny_model`` fails until the line exists. The receptive field the
+locality law uses is the one the model declares (:func:`nnpes.models.receptive_hops`).
 """
 
 from __future__ import annotations
@@ -22,13 +23,3 @@ TINY_MODELS = {
 # Cut-off radius of the tiny potentials, Å: below half the 3.6 Å fcc-Cu cube, so the periodic
 # test cells are smaller than 2·r_c and atoms see several images of their neighbours.
 TINY_CUTOFF = 3.0
-
-
-def message_passing_hops(model) -> int:
-    """How many cut-off spheres a site energy can see (its receptive field is hops·r_c).
-
-    Message-passing families expose their depth as ``num_layers``; a family without that field
-    is taken as strictly local (one sphere). Over-estimating only makes the locality test
-    weaker, never wrong.
-    """
-    return int(getattr(model, "num_layers", 1))

@@ -1,0 +1,85 @@
+"""The ASE backend: the same simulation with ASE's integrators and :class:`nnpes.Calculator`
+(any cell, small periodic cells and mixed boundary conditions included; slower: one host round
+trip per step). The integrator comes from the ensemble table (:mod:`nnpes.md.ensembles`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from nnpes import compilation
+from nnpes.md.config import MDConfig, configure
+from nnpes.md.ensembles import ensemble, require_cell
+from nnpes.md.results import COLUMNS, MDResult, md_result
+from nnpes.md.units import BAR
+from nnpes.md.velocities import initial_momenta
+from nnpes.potential import Potential
+
+TRACED = ("energy_forces_stress",)  # the calculator's jitted function in nnpes.physics
+
+
+def _frame(atoms, dyn, options: MDConfig, periodic: bool) -> tuple:
+    """One recorded frame, in the order of :data:`nnpes.md.results.COLUMNS`."""
+    epot = atoms.get_potential_energy()
+    ekin = atoms.get_kinetic_energy()
+    volume = atoms.get_volume() if periodic else np.nan
+    pressure = np.nan
+    if periodic:
+        pressure = -np.mean(atoms.get_stress(include_ideal_gas=False)[:3]) + 2.0 * ekin / (3.0 * volume)
+    return (
+        dyn.nsteps * options.dt_fs,
+        atoms.positions.copy(),
+        atoms.get_velocities(),
+        atoms.get_forces(),
+        atoms.cell[:].copy(),
+        epot,
+        ekin,
+        pressure / BAR,
+        volume,
+    )
+
+
+def run_ase(
+    potential: Potential,
+    atoms,
+    steps: int,
+    options: MDConfig | None = None,
+    callback: Callable[[int, int], None] | None = None,
+    **overrides,
+) -> MDResult:
+    """Run ``steps`` steps of ``atoms`` with ASE (NVT Nosé–Hoover: ``NoseHooverChainNVT``, NPT:
+    ``IsotropicMTKNPT``); keyword overrides replace fields of ``options`` (validated)."""
+    from nnpes.md.calculator import Calculator
+
+    options = configure(options, **overrides)
+    periodic = require_cell(options, bool(np.all(atoms.pbc)))
+    atoms = atoms.copy()
+    atoms.calc = Calculator(potential, dtype=options.dtype)
+    atoms.set_momenta(initial_momenta(atoms, options.temperature_k, options.seed))
+    dyn = ensemble(options).ase(atoms, options)
+    compiled_before = compilation.count(*TRACED)
+    frames, t0 = [], time.perf_counter()
+
+    def record():
+        frames.append(_frame(atoms, dyn, options, periodic))
+        if callback is not None and dyn.nsteps > 0:
+            callback(dyn.nsteps, steps)
+
+    dyn.attach(record, interval=options.every)  # ASE's observers also fire at step 0
+    dyn.run(steps)
+    if steps % options.every:
+        record()
+    wall = time.perf_counter() - t0
+    return md_result(
+        dict(zip(COLUMNS, zip(*frames))),
+        numbers=atoms.numbers.copy(),
+        pbc=atoms.pbc.copy(),
+        options=options,
+        steps=steps,
+        wall_s=wall,
+        steps_per_s=steps / wall,
+        compilations=compilation.count(*TRACED) - compiled_before,
+        backend="ase",
+    )

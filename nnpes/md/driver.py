@@ -1,0 +1,60 @@
+"""Which backend runs a structure, and :func:`run_md`, what ``nnpes md`` calls.
+
+Light to import (the CLI reads :data:`BACKENDS`): jax-md is imported on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from nnpes.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nnpes.md.config import MDConfig
+    from nnpes.md.results import MDResult
+    from nnpes.potential import Potential
+
+BACKENDS = ("auto", "jax-md", "ase")
+
+
+def choose_backend(potential: Potential, atoms, skin_a: float | None = None) -> str:
+    """ "jax-md" for molecules and periodic cells at least 2·(cutoff + skin) wide, else "ase"
+    (skin_a default: the neighbour-list default skin)."""
+    from nnpes.md.jaxmd_energy import DEFAULT_SKIN_A, box_widths
+
+    skin_a = DEFAULT_SKIN_A if skin_a is None else skin_a
+    pbc = np.asarray(atoms.pbc, bool)
+    if not pbc.any():
+        return "jax-md"
+    if not pbc.all():
+        return "ase"
+    widths = np.asarray(box_widths(np.asarray(atoms.cell[:], np.float64).T))
+    return "jax-md" if widths.min() >= 2.0 * (potential.cutoff + skin_a) else "ase"
+
+
+def run_md(
+    potential: Potential,
+    atoms,
+    steps: int,
+    options: MDConfig | None = None,
+    backend: str = "auto",
+    callback: Callable[[int, int], None] | None = None,
+) -> MDResult:
+    """Simulate ``atoms`` for ``steps`` steps with jax-md, or with ASE when the cell is too small
+    for jax-md's minimum image (backend "auto"); "jax-md" or "ase" force one."""
+    from nnpes.md.ase_backend import run_ase
+    from nnpes.md.config import MDConfig
+    from nnpes.md.jaxmd_simulation import simulation
+    from nnpes.md.loop import run
+
+    options = options or MDConfig()
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be auto, jax-md or ase, got {backend!r}")
+    if backend == "auto":
+        backend = choose_backend(potential, atoms, options.skin_a)
+    if backend == "ase":
+        return run_ase(potential, atoms, steps, options, callback=callback)
+    return run(simulation(potential, atoms, options), steps, callback=callback)

@@ -1,0 +1,228 @@
+"""The jax-md run loop: jitted chunks of steps, neighbour-list overflow caught and repaired.
+
+jax-md's neighbour-list update never raises: it flags an overflow and carries on with a
+truncated list. So after every chunk the flag is checked on the host; on overflow the list is
+reallocated with more room and the chunk is computed again from the last good state, so a run's
+trajectory does not depend on when the list overflowed. Reallocations and compilations (read
+from :mod:`nnpes.compilation`) are counted and reported.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax_md import quantity
+
+from nnpes import compilation
+from nnpes.md.jaxmd_energy import BoxTooSmallError, needs_reallocation
+from nnpes.md.jaxmd_simulation import Simulation
+from nnpes.md.results import MDResult, md_result
+from nnpes.md.units import BAR
+
+TRACED = ("md_chunk", "md_observe")  # the names this loop's jitted functions count under
+
+
+def _observe_fn(sim: Simulation):
+    """(state, nbrs, params) → the recorded quantities of one frame (traced inside the jit)."""
+
+    def observe(state, nbrs, params):
+        box = sim.current_box(state)
+        ekin = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
+        if sim.periodic:
+            volume = jnp.abs(jnp.linalg.det(box))
+            U = lambda eps: sim.energy_fn(
+                state.position,
+                nbrs,
+                box=box,
+                perturbation=1.0 + eps,  # noqa: E731
+                params=params,
+            )
+            epot, dU = jax.value_and_grad(U)(jnp.zeros((), state.position.dtype))
+            pressure = (2.0 * ekin - dU) / (3.0 * volume)
+        else:
+            volume = pressure = jnp.zeros((), state.position.dtype)  # NaN on the host (jax_debug_nans-safe)
+            epot = sim.energy_fn(state.position, nbrs, params=params)
+        return {
+            "positions": sim.real_positions(state, box),
+            "velocities": state.momentum / state.mass,
+            "forces": state.force,
+            "box": box,
+            "epot": epot,
+            "ekin": ekin,
+            "pressure": pressure,
+            "volume": volume,
+        }
+
+    return observe
+
+
+def _functions(sim: Simulation, records_per_chunk: int):
+    """Jitted (chunk, observe), cached on the simulation (one compilation per list capacity)."""
+    key = ("fns", records_per_chunk)
+    if key in sim._jitted:
+        return sim._jitted[key]
+    every, dt = sim.options.every, sim.dt
+    observe = _observe_fn(sim)
+
+    def step(params, _, carry):
+        state, nbrs = carry
+        speed = jnp.sqrt(jnp.max(jnp.sum((state.momentum / state.mass) ** 2, axis=-1)))
+        # the update precedes the step: leave room for twice the coming step's displacement
+        nbrs = nbrs.update(state.position, margin=2.0 * dt * speed, **sim.box_kwargs(state))
+        return sim.apply_fn(state, neighbor=nbrs, params=params), nbrs
+
+    def chunk(state, nbrs, params, n_steps):
+        compilation.traced("md_chunk")  # runs only while tracing: one count per compilation
+
+        def record(carry, r):
+            todo = jnp.clip(n_steps - r * every, 0, every)
+            carry = lax.fori_loop(0, todo, partial(step, params), carry)
+            return carry, observe(*carry, params)
+
+        (state, nbrs), frames = lax.scan(record, (state, nbrs), jnp.arange(records_per_chunk))
+        return state, nbrs, frames
+
+    def observe_once(state, nbrs, params):
+        compilation.traced("md_observe")
+        return observe(state, nbrs, params)
+
+    fns = jax.jit(chunk), jax.jit(observe_once)
+    sim._jitted[key] = fns
+    return fns
+
+
+def _reallocate(sim: Simulation, state, old, bad_state, attempt: int):
+    """A list at the good state with room for what the bad chunk needed, growing on retries."""
+    growth = max(sim.options.capacity_multiplier, 1.25)
+    target = math.ceil(old.max_occupancy * growth**attempt)
+    bad_R = bad_state.position
+    if bool(jnp.all(jnp.isfinite(bad_R))):
+        try:
+            target = max(target, sim.neighbor_fn.allocate(bad_R, **sim.box_kwargs(bad_state)).max_occupancy)
+        except BoxTooSmallError:
+            pass
+    kwargs = sim.box_kwargs(state)
+    base = sim.neighbor_fn.allocate(state.position, **kwargs)
+    extra = max(0, math.ceil((target - base.max_occupancy) / sim.n_atoms)) + (attempt - 1)
+    return sim.neighbor_fn.allocate(state.position, extra_capacity=extra, **kwargs) if extra else base
+
+
+def _start(sim: Simulation, state, neighbor):
+    """(state, neighbour list, reallocations) to start from: the given ones or the start structure's."""
+    position = sim.positions if state is None else state.position
+    kwargs = {} if state is None else sim.box_kwargs(state)
+    nbrs = neighbor if neighbor is not None else sim.neighbor_fn.allocate(position, **kwargs)
+    nbrs = nbrs.update(position, **kwargs)
+    reallocations = 0
+    if needs_reallocation(nbrs):
+        nbrs, reallocations = sim.neighbor_fn.allocate(position, **kwargs), 1
+    return (sim.init_state(nbrs) if state is None else state), nbrs, reallocations
+
+
+def _columns(sim: Simulation, frames: list, steps: int) -> dict:
+    """The recorded frames of all chunks as :data:`nnpes.md.results.COLUMNS`, in the input frame."""
+    every = sim.options.every
+    cat = {k: np.concatenate([np.asarray(f[k], np.float64) for f in frames]) for k in frames[0]}
+    n_frames = len(cat["epot"])
+    # frames of each chunk are at multiples of `every` from the chunk start, chunk starts are multiples too
+    step_index = np.concatenate([[0], np.minimum(np.arange(1, n_frames) * every, steps)]) if n_frames > 1 else [0]
+    q = sim.rotation
+    cells = np.swapaxes(cat["box"], 1, 2)  # columns → rows
+    nan = np.full(n_frames, np.nan)
+    return {
+        "time_fs": np.asarray(step_index, np.float64) * sim.options.dt_fs,
+        "positions": cat["positions"] @ q,
+        "velocities": cat["velocities"] @ q,
+        "forces": cat["forces"] @ q,
+        "cells": cells @ q if sim.periodic else np.zeros_like(cells),
+        "epot": cat["epot"],
+        "ekin": cat["ekin"],
+        "pressure_bar": cat["pressure"] / BAR if sim.periodic else nan,
+        "volume_a3": cat["volume"] if sim.periodic else nan,
+    }
+
+
+def run(
+    sim: Simulation,
+    steps: int,
+    *,
+    state=None,
+    neighbor=None,
+    chunk_steps: int | None = None,
+    callback: Callable[[int, int], None] | None = None,
+) -> MDResult:
+    """Run ``steps`` MD steps in jitted chunks, recording every ``sim.options.every`` steps.
+
+    Args:
+        sim: from :func:`nnpes.md.simulation`.
+        steps: number of time steps.
+        state: continue from this integrator state (default: the start structure).
+        neighbor: start from this neighbour list (default: allocated at the start); it may be
+            too small: overflows are caught and repaired.
+        chunk_steps: steps per jitted chunk (rounded to a multiple of ``every``; default ≈ 200).
+        callback: called as callback(steps_done, steps) after each accepted chunk.
+
+    Returns:
+        :class:`MDResult`; its ``state`` and ``neighbor`` continue the run.
+
+    Overflow handling: after each chunk the list's overflow flag is read; if set, the list is
+    reallocated at the chunk's starting state with room for the pairs the chunk needed
+    (times ``capacity_multiplier``) and the chunk recomputed, so the trajectory equals one run
+    with a large enough list from the start.
+    """
+    every = sim.options.every
+    records = max(1, math.ceil((max(every, 200) if chunk_steps is None else chunk_steps) / every))
+    chunk_steps = records * every  # chunks start on recorded steps
+    chunk_fn, observe_fn = _functions(sim, records)
+    compiled_before = compilation.count(*TRACED)
+    t_start = time.perf_counter()
+    state, nbrs, reallocations = _start(sim, state, neighbor)
+    params = sim.potential.params
+    frames = [jax.device_get(jax.tree.map(lambda x: x[None], observe_fn(state, nbrs, params)))]
+
+    done, timed_steps, timed_s, attempt = 0, 0, 0.0, 0
+    while done < steps:
+        n = min(chunk_steps, steps - done)
+        compiled, t0 = compilation.count(*TRACED), time.perf_counter()
+        new_state, new_nbrs, out = chunk_fn(state, nbrs, params, n)
+        jax.block_until_ready(new_state.position)
+        if bool(new_nbrs.box_too_small):
+            width = 2 * (sim.cutoff + sim.options.skin_a)
+            raise BoxTooSmallError(
+                f"the NPT box shrank below 2·(cutoff + skin) = {width:.2f}"
+                f" Å at step {done}–{done + n}: use a larger supercell"
+            )
+        if needs_reallocation(new_nbrs):
+            attempt, reallocations = attempt + 1, reallocations + 1
+            nbrs = _reallocate(sim, state, nbrs, new_state, attempt)
+            continue
+        if compilation.count(*TRACED) == compiled:
+            timed_steps, timed_s = timed_steps + n, timed_s + time.perf_counter() - t0
+        attempt, state, nbrs = 0, new_state, new_nbrs
+        n_rec = math.ceil(n / every)
+        frames.append(jax.device_get(jax.tree.map(lambda x: x[:n_rec], out)))  # noqa: B023 (used at once)
+        done += n
+        if callback is not None:
+            callback(done, steps)
+    wall = time.perf_counter() - t_start
+    return md_result(
+        _columns(sim, frames, steps),
+        numbers=sim.numbers,
+        pbc=np.full(3, sim.periodic),
+        options=sim.options,
+        steps=steps,
+        wall_s=wall,
+        steps_per_s=timed_steps / timed_s if timed_s > 0 else steps / wall,
+        compilations=compilation.count(*TRACED) - compiled_before,
+        backend="jax-md",
+        neighbor_reallocations=reallocations,
+        state=state,
+        neighbor=nbrs,
+    )

@@ -1,0 +1,128 @@
+"""What an MD run gives back (:class:`MDResult`), built the same way by both backends, and its
+writers: extxyz trajectory, thermo CSV, JSON summary, NVE energy drift."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from nnpes.md.velocities import temperature_k
+
+COLUMNS = ("time_fs", "positions", "velocities", "forces", "cells", "epot", "ekin", "pressure_bar", "volume_a3")
+THERMO = ("time_fs", "epot_ev", "ekin_ev", "etot_ev", "temperature_k", "pressure_bar", "volume_a3")
+
+
+@dataclasses.dataclass
+class MDResult:
+    """Recorded frames (every ``every`` steps, step 0 included) and run statistics.
+
+    Arrays are float64 numpy in the structure's own frame: time_fs (M,), positions (M, N, 3) Å,
+    velocities (M, N, 3) Å per ASE time unit, forces (M, N, 3) eV/Å, cells (M, 3, 3) rows Å,
+    epot/ekin/etot (M,) eV, temperature_k (M,), pressure_bar and volume_a3 (M,) (NaN for a
+    molecule; pressure includes the kinetic term 2·E_kin/(3V)).
+    """
+
+    numbers: np.ndarray
+    pbc: np.ndarray
+    time_fs: np.ndarray
+    positions: np.ndarray
+    velocities: np.ndarray
+    forces: np.ndarray
+    cells: np.ndarray
+    epot: np.ndarray
+    ekin: np.ndarray
+    temperature_k: np.ndarray
+    pressure_bar: np.ndarray
+    volume_a3: np.ndarray
+    ensemble: str
+    steps: int
+    dt_fs: float
+    wall_s: float
+    steps_per_s: float
+    neighbor_reallocations: int
+    compilations: int
+    backend: str
+    state: object = None
+    neighbor: object = None
+
+    @property
+    def etot(self) -> np.ndarray:
+        return self.epot + self.ekin
+
+    @property
+    def ns_per_day(self) -> float:
+        return self.steps_per_s * self.dt_fs * 86400 * 1e-6
+
+    def drift_mev_per_atom_per_ps(self) -> float | None:
+        """Slope of a least-squares line through E_tot/N against time, meV/atom/ps (NVE only)."""
+        if self.ensemble != "nve" or len(self.time_fs) < 2:
+            return None
+        slope = np.polyfit(self.time_fs * 1e-3, self.etot / len(self.numbers), 1)[0]
+        return float(slope * 1e3)
+
+    def summary(self) -> dict:
+        """The JSON report of ``nnpes md``."""
+        return {
+            "atoms": int(len(self.numbers)),
+            "steps": int(self.steps),
+            "dt_fs": float(self.dt_fs),
+            "ensemble": self.ensemble,
+            "backend": self.backend,
+            "steps_per_s": float(self.steps_per_s),
+            "ns_per_day": float(self.ns_per_day),
+            "drift_mev_per_atom_per_ps": self.drift_mev_per_atom_per_ps(),
+            "neighbor_reallocations": int(self.neighbor_reallocations),
+            "compilations": int(self.compilations),
+        }
+
+    def to_atoms(self, i: int):
+        """Frame i as ``ase.Atoms`` with velocities and a calculator holding energy and forces."""
+        import ase
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        atoms = ase.Atoms(numbers=self.numbers, positions=self.positions[i], cell=self.cells[i], pbc=self.pbc)
+        atoms.set_velocities(self.velocities[i])
+        atoms.calc = SinglePointCalculator(atoms, energy=float(self.epot[i]), forces=self.forces[i])
+        atoms.info["time_fs"] = float(self.time_fs[i])
+        return atoms
+
+    def write_trajectory(self, path: str, append: bool = False) -> None:
+        """extxyz with positions, velocities (momenta), energy and forces of every recorded frame."""
+        import ase.io
+
+        ase.io.write(path, [self.to_atoms(i) for i in range(len(self.time_fs))], format="extxyz", append=append)
+
+    def write_thermo(self, path: str) -> None:
+        """CSV: time_fs, epot_ev, ekin_ev, etot_ev, temperature_k, pressure_bar, volume_a3."""
+        cols = np.column_stack(
+            [self.time_fs, self.epot, self.ekin, self.etot, self.temperature_k, self.pressure_bar, self.volume_a3]
+        )
+        np.savetxt(path, cols, delimiter=",", fmt="%.15g", comments="", header=",".join(THERMO))
+
+
+def md_result(
+    columns: dict,
+    *,
+    numbers,
+    pbc,
+    options,
+    steps: int,
+    wall_s: float,
+    steps_per_s: float,
+    compilations: int,
+    backend: str,
+    neighbor_reallocations: int = 0,
+    state=None,
+    neighbor=None,
+) -> MDResult:
+    """An :class:`MDResult` from recorded columns (the keys of ``COLUMNS``, frame-major), the
+    temperature from the kinetic energy over 3N − 3 degrees of freedom."""
+    cols = {k: np.asarray(columns[k], np.float64) for k in COLUMNS}
+    # fmt: off
+    return MDResult(numbers=np.asarray(numbers), pbc=np.asarray(pbc), **cols,
+                    temperature_k=temperature_k(cols["ekin"], len(numbers)), ensemble=options.ensemble, steps=steps,
+                    dt_fs=options.dt_fs, wall_s=wall_s, steps_per_s=steps_per_s,
+                    neighbor_reallocations=neighbor_reallocations, compilations=compilations, backend=backend,
+                    state=state, neighbor=neighbor)
+    # fmt: on
