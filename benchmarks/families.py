@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 
-from _harness import emit, fmt, median_ms, peak_rss_mb, run_limited, worker_command
+from _harness import emit, fmt, median_ms, peak_rss_mb, run_limited, time_energy_forces, worker_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_TEST = os.path.join(os.path.dirname(ROOT), "shared", "data", "rmd17", "ethanol_test.xyz")
@@ -150,7 +150,6 @@ def time_nnpes(family: str, n_atoms: int, args) -> dict:
     import nnpes
     from nnpes.data.graph import batch_graphs, frame_to_graph
     from nnpes.data.io import frame_from_atoms
-    from nnpes.physics import evaluate
 
     atoms = water_box(n_atoms)
     potential = nnpes.load(os.path.join(args.workdir, family, "model")).astype(np.float32)
@@ -160,20 +159,13 @@ def time_nnpes(family: str, n_atoms: int, args) -> dict:
     batch = jax.device_put(batch_graphs([graph], dtype=np.float32))
     neighbor_ms = 1e3 * (time.perf_counter() - start)
 
-    start = time.perf_counter()
-    compiled = evaluate.lower(potential, batch, compute_stress=False).compile()
-    compile_s = time.perf_counter() - start
-    out = jax.block_until_ready(compiled(potential, batch))
-    step_ms, times = median_ms(lambda: jax.block_until_ready(compiled(potential, batch)), args.repeats)
+    out, timing = time_energy_forces(potential, batch, args.repeats)
     forces = np.asarray(out["forces"][: len(atoms)])
     return {
         "atoms": len(atoms),
         "edges": int(graph.n_edge),
-        "padded_edges": int(batch.senders.shape[0]),
         "neighbor_ms": neighbor_ms,
-        "compile_s": compile_s,
-        "step_ms": step_ms,
-        "step_ms_all": times,
+        **timing,
         "finite": bool(np.isfinite(forces).all() and np.isfinite(float(out["energy"][0]))),
     }
 

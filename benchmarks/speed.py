@@ -34,7 +34,7 @@ import platform
 import sys
 import time
 
-from _harness import emit, fmt, median_ms, peak_rss_mb, run_limited, worker_command
+from _harness import emit, fmt, median_ms, peak_rss_mb, run_limited, time_energy_forces, worker_command
 
 CASES = ("nnpes-default", "nnpes-peer", "jaxmd-peer")
 SIZES = (108, 256, 864, 2048)  # fcc Cu: 4·n³ atoms for n = 3, 4, 6, 8
@@ -78,7 +78,6 @@ def run_nnpes(case: str, atoms, repeats: int) -> dict:
     from nnpes.data.graph import batch_graphs, frame_to_graph
     from nnpes.data.io import frame_from_atoms
     from nnpes.models import NequIP
-    from nnpes.physics import evaluate
 
     model = (
         NequIP()
@@ -97,19 +96,12 @@ def run_nnpes(case: str, atoms, repeats: int) -> dict:
     potential = nnpes.Potential.create(model, [29], CUTOFF_A, avg_num_neighbors=graph.n_edge / graph.n_node)
     batch = jax.device_put(batch)
 
-    start = time.perf_counter()
-    compiled = evaluate.lower(potential, batch, compute_stress=False).compile()
-    compile_s = time.perf_counter() - start
-    out = jax.block_until_ready(compiled(potential, batch))
+    out, timing = time_energy_forces(potential, batch, repeats)
     forces = np.asarray(out["forces"][: len(atoms)])
-    step_ms, times = median_ms(lambda: jax.block_until_ready(compiled(potential, batch)), repeats)
     return {
         "edges": int(graph.n_edge),
-        "padded_edges": int(batch.senders.shape[0]),
         "neighbor_ms": neighbor_ms,
-        "compile_s": compile_s,
-        "step_ms": step_ms,
-        "step_ms_all": times,
+        **timing,
         "energy_ev": float(out["energy"][0]),
         "max_force_ev_a": float(np.abs(forces).max()),
     }
