@@ -65,6 +65,7 @@ def potential_metadata(potential) -> dict:
         "e0_method": potential.e0_method,
         "scale_ev": [float(x) for x in np.asarray(potential.scale, np.float64)],
         "terms": terms_to_json(potential.terms),
+        "label_keys": dict(potential.label_keys),
     }
 
 
@@ -223,4 +224,5 @@ def load(directory: str | os.PathLike):
         avg_num_neighbors=meta["avg_num_neighbors"],
         params=jax.tree.map(jnp.asarray, params),
         terms=terms_from_json(meta.get("terms", []), meta_path),
+        label_keys=meta.get("label_keys", {}),
     )

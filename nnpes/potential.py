@@ -39,6 +39,9 @@ class Potential(struct.PyTreeNode):
         cutoff: Å.
         e0_method: how e0 was obtained ("isolated_atoms", "least_squares", "mean_per_atom", "zero", "given").
         terms: further physical terms of the energy (:class:`nnpes.terms.Term`), eV.
+        label_keys: where the training data kept its labels, as ((label, key), ...) pairs,
+            e.g. (("energy", "REF_energy"), ("forces", "REF_forces")); () when unknown.
+            ``nnpes evaluate`` reads files with the same keys unless told otherwise.
     """
 
     model: nn.Module = struct.field(pytree_node=False)
@@ -49,6 +52,7 @@ class Potential(struct.PyTreeNode):
     cutoff: float = struct.field(pytree_node=False)
     e0_method: str = struct.field(pytree_node=False, default="zero")
     terms: tuple[Term, ...] = ()
+    label_keys: tuple[tuple[str, str], ...] = struct.field(pytree_node=False, default=())
 
     @classmethod
     def create(
@@ -64,6 +68,7 @@ class Potential(struct.PyTreeNode):
         avg_num_neighbors: float = 1.0,
         params=None,
         terms: tuple[Term, ...] = (),
+        label_keys=(),
     ) -> Potential:
         """A potential with random weights (or the given ``params``).
 
@@ -80,6 +85,7 @@ class Potential(struct.PyTreeNode):
             params: flax variables to use instead of a random initialisation (as ``load`` does;
                 initialising a large equivariant model eagerly takes seconds).
             terms: further physical terms of the energy.
+            label_keys: {label: key} (or pairs) of the data it is trained on, e.g. {"energy": "REF_energy"}.
         """
         numbers = tuple(sorted({int(z) for z in np.asarray(atomic_numbers).reshape(-1)}))
         if not numbers or numbers[0] < 1 or numbers[-1] > 118:
@@ -104,7 +110,13 @@ class Potential(struct.PyTreeNode):
             cutoff=float(cutoff),
             e0_method=e0_method or method,
             terms=tuple(terms),
+            label_keys=_label_pairs(label_keys),
         )
+
+    def label_key(self, label: str) -> str:
+        """The key ``label`` ("energy", "forces", "stress", "virial") had in the training data
+        (the label's own name when unknown)."""
+        return dict(self.label_keys).get(label, label)
 
     @property
     def avg_num_neighbors(self) -> float:
@@ -162,6 +174,11 @@ def fill_model(model: nn.Module, cutoff: float, num_species: int, avg_num_neighb
     values = {"cutoff": float(cutoff), "num_species": int(num_species), "avg_num_neighbors": float(avg_num_neighbors)}
     names = {f.name for f in dataclasses.fields(model)}
     return model.clone(**{k: v for k, v in values.items() if k in names and k in FILLED_FIELDS})
+
+
+def _label_pairs(label_keys) -> tuple[tuple[str, str], ...]:
+    items = label_keys.items() if isinstance(label_keys, dict) else label_keys
+    return tuple(sorted((str(k), str(v)) for k, v in items))
 
 
 def _reference_energies(e0, numbers: tuple[int, ...]) -> tuple[np.ndarray, str]:

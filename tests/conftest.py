@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jax
@@ -24,6 +25,8 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def pytest_configure(config):
+    # no persistent compilation cache in ~/.cache while testing (tests of the cache set their own)
+    os.environ.setdefault("NNPES_NO_COMPILE_CACHE", "1")
     jax.config.update("jax_enable_x64", True)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from nnpes.cli import evaluate, md, train
 from nnpes.errors import NnpesError
@@ -16,7 +17,16 @@ VERBS = (train, evaluate, md)  # modules with register(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nnpes import __version__
+
     parser = argparse.ArgumentParser(prog="nnpes", description="Machine-learned interatomic potentials in JAX.")
+    parser.add_argument("--version", action="version", version=f"nnpes {__version__}")
+    parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not use the persistent compilation cache (default: on, in $NNPES_CACHE_DIR or ~/.cache/nnpes/jax; "
+        "NNPES_NO_COMPILE_CACHE=1 does the same)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for verb in VERBS:
         verb.register(sub)
@@ -32,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         extra = [x for x in extra if not ("=" in x and not x.startswith("-"))]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _one_line_warnings(args.command)
+    if not args.no_compile_cache:
+        from nnpes import compilation
+
+        compilation.enable_persistent_cache()  # the entry point, not the library, sets process-wide options
     try:
         return int(args.func(args) or 0)
     except NnpesError as e:
@@ -40,6 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nnpes {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warnings(command: str) -> None:
+    """Warnings as one line each, ``nnpes VERB: warning: ...`` (no source line, no stack)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+        print(f"nnpes {command}: warning: {text}", file=file or sys.stderr, flush=True)
+
+    warnings.showwarning = show
 
 
 if __name__ == "__main__":

@@ -76,6 +76,8 @@ class TrainingConfig(BaseModel):
     early_stopping_patience: int | None = Field(None, ge=1)
     checkpoint_every_steps: int = Field(200, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
+    max_bucket_shapes: int = Field(4, ge=1, description="padded batch shapes (one compilation each)")
+    log_every_s: float = Field(10.0, ge=0.0, description="s between per-epoch lines (0: every epoch)")
     tensorboard: bool = False
     progress: bool = True
 
@@ -151,6 +153,8 @@ RESUMABLE_CHANGES = (
     "training.max_epochs",
     "training.time_budget_s",
     "training.progress",
+    "training.log_every_s",
+    "training.tensorboard",
     "workdir",
 )
 

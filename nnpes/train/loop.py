@@ -28,10 +28,10 @@ from nnpes.errors import ConfigError, DataError, TrainingError
 from nnpes.evaluate import error_metrics, predict_graphs, validation_loss
 from nnpes.potential import Potential
 from nnpes.train import checkpoint
-from nnpes.train.batches import epoch_batches, shard_batch
-from nnpes.train.callbacks import COLUMNS, Callback, CSVWriter, ProgressBar, RunInfo, TensorBoardWriter
+from nnpes.train.batches import BucketLadder, epoch_batches, fit_ladder, shard_batch
+from nnpes.train.callbacks import VAL_COLUMNS, Callback, CSVWriter, ProgressBar, RunInfo, TensorBoardWriter
 from nnpes.train.config import Config, load_config
-from nnpes.train.optimizer import make_optimizer
+from nnpes.train.optimizer import learning_rate_at, make_optimizer, run_progress
 from nnpes.train.setup import (
     build_potential,
     check_dtype,
@@ -70,11 +70,15 @@ class Session:
     sharding: object
     callbacks: list[Callback]
     t_start: float
+    ladder: BucketLadder | None = None
+    clock: Callable[[], float] = time.perf_counter
     elapsed0: float = 0.0
     start_step: int = 0
     shapes: set = dataclasses.field(default_factory=set)
     traces0: int = 0
+    compile0: dict = dataclasses.field(default_factory=compilation.stats)
     best_metrics: dict | None = None
+    learning_rate: float = float("nan")
 
     @property
     def ckpt_dir(self) -> str:
@@ -82,7 +86,17 @@ class Session:
 
     def elapsed(self) -> float:
         """Seconds of the run so far; the budget counts data loading, statistics and compilation."""
-        return self.elapsed0 + time.perf_counter() - self.t_start
+        return self.elapsed0 + self.clock() - self.t_start
+
+    def learning_rate_now(self, step: int) -> float:
+        """The rate of the next step: the schedule at the fraction of the step or time budget spent."""
+        progress = run_progress(step, self.total_steps, self.elapsed(), self.cfg.training.time_budget_s)
+        return learning_rate_at(self.cfg.optimizer, step, self.total_steps, progress)
+
+    def compile_stats(self) -> dict:
+        """Compile seconds and persistent-cache hits of this session (JAX's monitoring events)."""
+        now = compilation.stats()
+        return {k: now[k] - self.compile0[k] for k in now}
 
     def notify(self, method: str, *args) -> None:
         for cb in self.callbacks:
@@ -90,7 +104,12 @@ class Session:
 
 
 def setup(
-    cfg: Config, workdir: str, inputs: Inputs, callbacks: Sequence[Callback], t_start: float
+    cfg: Config,
+    workdir: str,
+    inputs: Inputs,
+    callbacks: Sequence[Callback],
+    t_start: float,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[Session, TrainState]:
     """Graphs, optimiser, jitted step and the (restored) state; calls ``on_start``."""
     potential, report, train_frames, val_frames, test_frames = inputs
@@ -101,7 +120,7 @@ def setup(
     batch_size = max(t.batch_size, n_dev)
     steps_per_epoch = math.ceil(len(train_graphs) / batch_size)
     total_steps = t.max_steps if t.max_steps is not None else t.max_epochs * steps_per_epoch
-    optimizer = make_optimizer(cfg.optimizer, total_steps, steps_per_epoch)
+    optimizer = make_optimizer(cfg.optimizer, steps_per_epoch)
     weights = {"energy": cfg.loss.energy_weight, "forces": cfg.loss.forces_weight, "stress": cfg.loss.stress_weight}
     step_fn = make_train_step(
         potential, optimizer, weights, cfg.loss.kind, cfg.loss.huber_delta, cfg.optimizer.ema_decay
@@ -109,7 +128,7 @@ def setup(
     writers: list[Callback] = [CSVWriter(workdir)]
     if t.tensorboard:
         writers.append(TensorBoardWriter(workdir))
-    writers.append(ProgressBar(t.progress))
+    writers.append(ProgressBar(t.progress, t.log_every_s))
     session = Session(
         cfg,
         workdir,
@@ -126,12 +145,19 @@ def setup(
         _data_sharding(n_dev),
         writers + list(callbacks),
         t_start,
+        ladder=fit_ladder(train_graphs, batch_size, n_dev, cfg.seed, t.max_bucket_shapes),
+        clock=clock,
         traces0=compilation.count("train_step"),
     )
     state = init_state(potential.params, optimizer)
     restored = checkpoint.restore(session.ckpt_dir, jax.device_get(state))
     if restored is not None:
         state = jax.tree.map(jnp.asarray, restored)
+    elif checkpoint.latest_step(session.ckpt_dir) is not None:  # never start over a run silently
+        raise ConfigError(
+            f"{session.ckpt_dir}: no checkpoint there can be restored into this run (written by another "
+            "nnpes version, or damaged); use a new --workdir, or delete the checkpoints to start over"
+        )
     session.start_step, session.elapsed0 = int(state.step), float(state.elapsed_s)
     session.notify(
         "on_start",
@@ -146,6 +172,8 @@ def setup(
             n_dev,
             report,
             cfg,
+            t.time_budget_s,
+            session.ladder.shapes,
         ),
     )
     return session, state
@@ -161,7 +189,7 @@ def _data_sharding(n_dev: int):
 
 def _batch(s: Session, epoch: int, b: int):
     idx = epoch_batches(len(s.train_graphs), s.batch_size, s.cfg.seed, epoch)[b]
-    batch = shard_batch([s.train_graphs[i] for i in idx], jax.device_count(), s.potential.dtype)
+    batch = shard_batch([s.train_graphs[i] for i in idx], jax.device_count(), s.potential.dtype, s.ladder)
     s.shapes.add((batch.nodes["positions"].shape, batch.senders.shape))
     if s.sharding is not None:
         # each process hands over only the shards its own devices hold (works multi-host too)
@@ -179,18 +207,30 @@ def save_checkpoint(s: Session, state: TrainState) -> TrainState:
 def run(s: Session, state: TrainState) -> tuple[TrainState, str]:
     """The loop over steps until a budget, the epoch limit or early stopping ends it.
 
-    Returns the state and the stop reason. Raises TrainingError when the loss becomes NaN/inf.
+    Returns the state and the stop reason; a Ctrl-C (KeyboardInterrupt) ends it too, with the
+    state of the last completed step and the reason "interrupted". Raises TrainingError when
+    the loss becomes NaN/inf.
     """
     t = s.cfg.training
-    step, train_loss = int(state.step), float("nan")
     stop_reason = "max_steps" if t.max_steps is not None else "max_epochs"
+    try:
+        state, stop_reason = _steps(s, state, stop_reason)
+    except KeyboardInterrupt:
+        return state, "interrupted"
+    return state, stop_reason
+
+
+def _steps(s: Session, state: TrainState, stop_reason: str) -> tuple[TrainState, str]:
+    t = s.cfg.training
+    step, train_loss = int(state.step), float("nan")
     stop = step >= s.total_steps
     while not stop:
         epoch, b = divmod(step, s.steps_per_epoch)
         if epoch >= t.max_epochs:
             break
-        state, m = s.step_fn(state, _batch(s, epoch, b))
-        step += 1
+        s.learning_rate = s.learning_rate_now(step)
+        new_state, m = s.step_fn(state, _batch(s, epoch, b), np.asarray(s.learning_rate, np.float32))
+        state, step = new_state, step + 1  # one statement: an interrupt never splits them
         if step % 10 == 0 or step == s.total_steps or b == s.steps_per_epoch - 1:
             train_loss = float(m["loss"])
             if not math.isfinite(train_loss):
@@ -207,7 +247,7 @@ def run(s: Session, state: TrainState) -> tuple[TrainState, str]:
                 stop, stop_reason = True, "early_stopping"
         if step % t.checkpoint_every_steps == 0:
             state = save_checkpoint(s, state)
-        s.notify("on_step", step, {**m, "last_loss": train_loss})
+        s.notify("on_step", step, {**m, "last_loss": train_loss, "elapsed_s": s.elapsed()})
     return state, stop_reason
 
 
@@ -218,14 +258,20 @@ def validate(s: Session, state: TrainState, epoch: int, train_loss: float) -> tu
     """
     params = state.ema if s.cfg.optimizer.ema_decay is not None else state.params
     step = int(state.step)
-    row = {"epoch": epoch + 1, "step": step, "elapsed_s": round(s.elapsed(), 2), "train_loss": train_loss}
+    row = {
+        "epoch": epoch + 1,
+        "step": step,
+        "elapsed_s": round(s.elapsed(), 2),
+        "train_loss": train_loss,
+        "learning_rate": s.learning_rate,
+    }
     early = False
     if s.val_graphs:
         predictions = predict_graphs(s.potential.replace(params=params), s.val_graphs, max(s.batch_size, 16))
         vm = error_metrics(s.val_frames, predictions)
         vl = validation_loss(vm, s.weights)
         row["val_loss"] = vl
-        row.update({c: vm.get(c[4:]) for c in COLUMNS[5:]})
+        row.update({c: vm.get(c[4:]) for c in VAL_COLUMNS})
         if vl < float(state.best_val):
             state = state.replace(best_val=np.asarray(vl), bad_epochs=np.asarray(0), best_params=params)
             s.best_metrics = vm
@@ -240,15 +286,19 @@ def validate(s: Session, state: TrainState, epoch: int, train_loss: float) -> tu
 
 
 def finish(s: Session, state: TrainState, stop_reason: str) -> TrainResult:
-    """Final checkpoint, model/ (best parameters), test metrics, result.json; calls ``on_end``."""
+    """Final checkpoint, model/ (best validated parameters; after an interrupt before any
+    validation, the current ones), test metrics, result.json; calls ``on_end``."""
     step = int(state.step)
     model_dir = os.path.join(s.workdir, "model")
     if step > s.start_step or not os.path.isdir(model_dir):
         state = save_checkpoint(s, state)
-    final = s.potential.replace(params=state.best_params)
+    params = state.best_params
+    if stop_reason == "interrupted" and not np.isfinite(float(state.best_val)):  # never validated yet
+        params = state.ema if s.cfg.optimizer.ema_decay is not None else state.params
+    final = s.potential.replace(params=params)
     final.save(model_dir)
     test_metrics = None
-    if s.test_frames:
+    if s.test_frames and stop_reason != "interrupted":
         from nnpes.evaluate import evaluate_frames
 
         test_metrics, _ = evaluate_frames(final, s.test_frames)
@@ -263,6 +313,8 @@ def finish(s: Session, state: TrainState, stop_reason: str) -> TrainResult:
         s.best_metrics,
         test_metrics,
         s.elapsed(),
+        **s.compile_stats(),
+        learning_rate=s.learning_rate,
     )
     with open(os.path.join(s.workdir, "result.json"), "w") as f:
         json.dump(dataclasses.asdict(result), f, indent=2)
@@ -270,17 +322,30 @@ def finish(s: Session, state: TrainState, stop_reason: str) -> TrainResult:
     return result
 
 
-def _execute(cfg: Config, inputs: Callable[[], Inputs], callbacks: Sequence[Callback]) -> TrainResult:
-    """The phases both entry points share: work directory, inputs, set-up, run, finish."""
-    t_start = time.perf_counter()
+def _execute(
+    cfg: Config,
+    inputs: Callable[[], Inputs],
+    callbacks: Sequence[Callback],
+    clock: Callable[[], float] | None = None,
+) -> TrainResult:
+    """The phases both entry points share: work directory, inputs, set-up, run, finish.
+
+    A Ctrl-C during the steps writes the checkpoint of the last completed step and the model,
+    then raises KeyboardInterrupt again (rerunning the same command resumes from there).
+    """
+    clock = clock or time.perf_counter  # looked up per call: tests replace the clock
+    t_start = clock()
     check_dtype(cfg)
     workdir = prepare_workdir(cfg)
-    session, state = setup(cfg, workdir, inputs(), callbacks, t_start)
+    session, state = setup(cfg, workdir, inputs(), callbacks, t_start, clock)
     try:
         state, stop_reason = run(session, state)
-        return finish(session, state, stop_reason)
+        result = finish(session, state, stop_reason)
     finally:
         session.notify("close")
+    if stop_reason == "interrupted":
+        raise KeyboardInterrupt(f"training interrupted at step {result.step}; checkpoint and model written")
+    return result
 
 
 def train(cfg: Config, config_path: str | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:

@@ -1,35 +1,70 @@
-"""optax optimiser and learning-rate schedule from the config."""
+"""optax optimiser and the learning-rate schedule.
+
+The learning rate is a function of how much of the run is done, not of the step alone: with a
+wall-clock budget (``training.time_budget_s``) the cosine follows the fraction of the budget
+spent or of the step budget, whichever is further along, so a 150 s run decays to its floor in
+150 s however many steps that is. The host computes the rate before every step
+(:func:`learning_rate_at`) and the jitted step takes it as an argument, so it never recompiles.
+"""
 
 from __future__ import annotations
+
+import math
 
 import optax
 
 from nnpes.train.config import OptimizerConfig
 
 
-def learning_rate_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
-    """Linear warm-up, then constant (also under "plateau") or cosine decay to
-    min_learning_rate_factor·lr at ``total_steps``."""
+def run_progress(step: int, total_steps: int, elapsed_s: float, budget_s: float | None) -> float:
+    """Fraction of the run done, in [0, 1]: the larger of step / total_steps and, when a
+    wall-clock budget (s) is set, elapsed_s / budget_s."""
+    p = step / max(total_steps, 1)
+    if budget_s:
+        p = max(p, elapsed_s / budget_s)
+    return min(max(p, 0.0), 1.0)
+
+
+def learning_rate_at(cfg: OptimizerConfig, step: int, total_steps: int, progress: float | None = None) -> float:
+    """The learning rate of ``step``: linear warm-up from lr/100 to lr over ``warmup_steps``, then
+    constant ("constant", "plateau": the plateau factor is applied by the optimiser) or a cosine
+    from lr to ``min_learning_rate_factor``·lr.
+
+    Args:
+        cfg: the optimiser section.
+        step: optimiser steps taken so far.
+        total_steps: the step budget.
+        progress: fraction of the run done (:func:`run_progress`); default step / total_steps.
+            After the warm-up the cosine follows max(post-warm-up step fraction, progress).
+    """
     lr = cfg.learning_rate
     warm = min(cfg.warmup_steps, max(total_steps - 1, 0))
-    if cfg.schedule == "cosine":
-        main = optax.cosine_decay_schedule(lr, max(total_steps - warm, 1), alpha=cfg.min_learning_rate_factor)
-    else:
-        main = optax.constant_schedule(lr)
-    if warm == 0:
-        return main
-    return optax.join_schedules([optax.linear_schedule(lr / 100, lr, warm), main], [warm])
+    if step < warm:
+        return lr / 100 + (lr - lr / 100) * step / warm
+    if cfg.schedule != "cosine":
+        return lr
+    q = (step - warm) / max(total_steps - warm, 1)
+    if progress is not None:
+        q = max(q, progress)
+    q = min(max(q, 0.0), 1.0)
+    alpha = cfg.min_learning_rate_factor
+    return lr * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * q)) + alpha)
 
 
-def make_optimizer(cfg: OptimizerConfig, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Clip → Adam/AdamW/AMSGrad → schedule (→ reduce-on-plateau, fed the training loss)."""
+def learning_rate_floor(cfg: OptimizerConfig) -> float:
+    """The rate the schedule ends at (before any plateau reduction)."""
+    return cfg.learning_rate * (cfg.min_learning_rate_factor if cfg.schedule == "cosine" else 1.0)
+
+
+def make_optimizer(cfg: OptimizerConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Clip → Adam/AdamW/AMSGrad (→ reduce-on-plateau, fed the training loss). The result is the
+    direction only: the train step multiplies it by −learning_rate (:func:`learning_rate_at`)."""
     parts = []
     if cfg.grad_clip:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
     parts.append(optax.scale_by_amsgrad() if cfg.name == "amsgrad" else optax.scale_by_adam())
     if cfg.name == "adamw" or cfg.weight_decay:
         parts.append(optax.add_decayed_weights(cfg.weight_decay))
-    parts.append(optax.scale_by_learning_rate(learning_rate_schedule(cfg, total_steps)))
     if cfg.schedule == "plateau":
         parts.append(
             optax.contrib.reduce_on_plateau(

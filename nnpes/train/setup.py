@@ -118,7 +118,11 @@ def build_potential(cfg: Config, train: Sequence[Frame], extra: Sequence[Frame] 
     (isolated-atom energies from ``cfg.data.isolated_atoms`` when given)."""
     d = cfg.data
     isolated = read_frames(d.isolated_atoms, energy_key=d.energy_key) if d is not None and d.isolated_atoms else None
-    return potential_for_model(cfg.build_model(), cfg.model.cutoff, train, extra, cfg.seed, isolated)
+    potential, report = potential_for_model(cfg.build_model(), cfg.model.cutoff, train, extra, cfg.seed, isolated)
+    if d is not None:  # the model remembers where its labels were, for `nnpes evaluate`
+        keys = {"energy": d.energy_key, "forces": d.forces_key, "stress": d.stress_key, "virial": d.virial_key}
+        potential = potential.replace(label_keys=tuple(sorted(keys.items())))
+    return potential, report
 
 
 def residual_graphs(potential: Potential, frames: Sequence[Frame]) -> list[FrameGraph]:

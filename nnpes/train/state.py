@@ -65,6 +65,10 @@ class TrainResult:
         best_validation: validation metrics of the best epoch (units as in metrics.csv), or None.
         test: test-set metrics of the saved model, or None without test frames.
         elapsed_s: wall-clock seconds, all sessions together.
+        compile_s: seconds of this session spent tracing and compiling (or loading compiled
+            programs from the persistent cache), part of elapsed_s.
+        cache_hits / cache_misses: persistent compilation cache lookups of this session.
+        learning_rate: the rate of the last step.
     """
 
     workdir: str
@@ -77,3 +81,7 @@ class TrainResult:
     best_validation: dict | None
     test: dict | None
     elapsed_s: float
+    compile_s: float = 0.0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    learning_rate: float = float("nan")

@@ -1,4 +1,4 @@
-"""The pure, jitted training step: ``train_step(state, batch) -> (state, metrics)``."""
+"""The pure, jitted training step: ``train_step(state, batch, learning_rate) -> (state, metrics)``."""
 
 from __future__ import annotations
 
@@ -23,8 +23,12 @@ def make_train_step(
     kind: str = "mse",
     delta: float = 0.01,
     ema_decay: float | None = None,
-) -> Callable[[TrainState, jraph.GraphsTuple], tuple[TrainState, dict]]:
+) -> Callable[[TrainState, jraph.GraphsTuple, jax.Array], tuple[TrainState, dict]]:
     """A jitted step over a batch whose leading axis holds one padded graph per device shard.
+
+    ``optimizer`` gives the update direction; the step scales it by −``learning_rate`` (a scalar
+    argument computed on the host, :func:`nnpes.train.optimizer.learning_rate_at`, so changing
+    it never recompiles).
 
     The loss is normalised over the whole batch (sums and counts added over shards first), so
     it is the same number however many devices share the batch. Metrics: ``loss``
@@ -42,10 +46,11 @@ def make_train_step(
         sums = jax.tree.map(lambda x: jnp.sum(x, axis=0), jax.vmap(shard)(batch))
         return combine(sums, weights), sums
 
-    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch, learning_rate) -> tuple[TrainState, dict]:
         compilation.traced("train_step")
         (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss)
+        direction, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss)
+        updates = jax.tree.map(lambda u: (-learning_rate * u).astype(u.dtype), direction)
         params = optax.apply_updates(state.params, updates)
         new = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
         if ema_decay is not None:

@@ -201,6 +201,10 @@ def test_fit_trains_a_user_module_on_frames_and_calls_the_callbacks_in_order(tmp
         "best_validation",
         "test",
         "elapsed_s",
+        "compile_s",
+        "cache_hits",
+        "cache_misses",
+        "learning_rate",
     }
     assert os.path.isfile(os.path.join(workdir, "config.yaml"))
     assert load_config(os.path.join(workdir, "config.yaml")).data is None
@@ -221,7 +225,7 @@ def _fresh_state(result):
 
     potential = nnpes.load(result.model_dir)
     cfg = load_config(os.path.join(result.workdir, "config.yaml"))
-    return init_state(potential.params, make_optimizer(cfg.optimizer, 6, 4))
+    return init_state(potential.params, make_optimizer(cfg.optimizer, 4))
 
 
 def test_fit_takes_file_paths_and_a_potential(tmp_path, ethanol10):
