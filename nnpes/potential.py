@@ -98,7 +98,7 @@ class Potential(struct.PyTreeNode):
             raise ModelError(str(e)) from None
         model = fill_model(model, cutoff, len(numbers), avg_num_neighbors)
         if params is None:
-            params = model.init(jax.random.PRNGKey(seed), *example_inputs(cutoff))
+            params = jax.jit(model.init)(jax.random.PRNGKey(seed), *example_inputs(cutoff))  # eager init is slower
         e0_arr, method = _reference_energies(e0, numbers)
         scale_arr = np.broadcast_to(np.asarray(scale, np.float64), (len(numbers),)).copy()
         return cls(

@@ -12,6 +12,9 @@ locality law uses is the one the model declares (:func:`nnpes.models.receptive_h
 
 from __future__ import annotations
 
+import flax.linen as nn
+import jax.numpy as jnp
+
 from nnpes.models import BehlerParrinello, DeepSets, NequIP
 
 TINY_MODELS = {
@@ -23,3 +26,20 @@ TINY_MODELS = {
 # Cut-off radius of the tiny potentials, Å: below half the 3.6 Å fcc-Cu cube, so the periodic
 # test cells are smaller than 2·r_c and atoms see several images of their neighbours.
 TINY_CUTOFF = 3.0
+
+
+class PairModel(nn.Module):
+    """A user's module written in the test: ε_i = Σ_j w(s_i, s_j) e^{−r_ij} (1 − r_ij/r_c)²."""
+
+    cutoff: float = 4.0
+    num_species: int = 1
+    avg_num_neighbors: float = 1.0
+    nan: bool = False
+
+    @nn.compact
+    def __call__(self, vectors, species, senders, receivers, edge_mask):
+        r = jnp.linalg.norm(vectors, axis=-1)
+        w = nn.Embed(self.num_species**2, 1)(species[senders] * self.num_species + species[receivers])[:, 0]
+        pair = jnp.where(edge_mask, w.astype(r.dtype) * jnp.exp(-r) * (1.0 - r / self.cutoff) ** 2, 0.0)
+        out = jnp.zeros(species.shape[0], r.dtype).at[receivers].add(pair) / self.avg_num_neighbors
+        return out * jnp.nan if self.nan else out

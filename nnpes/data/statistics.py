@@ -58,6 +58,32 @@ def force_rms(frames: Sequence[Frame]) -> float:
     return rms if rms > 1e-8 else 1.0
 
 
+def energy_scale(frames: Sequence[Frame], atomic_numbers: Sequence[int], e0: np.ndarray) -> tuple[float, str]:
+    """The network's energy scale, eV, and how it was obtained: the force RMS (eV/Å, as eV for
+    Å-sized displacements) when forces are labelled, else the RMS of (E − Σ E0) / N over the
+    labelled energies (eV/atom), else 1."""
+    if any(f.forces is not None for f in frames):
+        return force_rms(frames), "force RMS"
+    table = {int(z): float(e) for z, e in zip(atomic_numbers, np.asarray(e0, np.float64))}
+    residual = [(f.energy - sum(table[int(z)] for z in f.numbers)) / f.n_atoms for f in frames if f.energy is not None]
+    if not residual:
+        return 1.0, "default: no energies or forces labelled"
+    rms = float(np.sqrt(np.mean(np.square(residual))))
+    return (rms, "RMS residual energy per atom: no forces labelled") if rms > 1e-8 else (1.0, "default")
+
+
+def e0_report(atomic_numbers: Sequence[int], e0: np.ndarray, method: str) -> str:
+    """One line on the reference energies, saying when they cannot tell elements apart."""
+    from ase.data import chemical_symbols
+
+    if method == "mean_per_atom":
+        return (
+            f"E0 {float(e0[0]):.4f} eV for every element (mean energy per atom: all training frames share one "
+            "composition, so per-element reference energies cannot be told apart; give data.isolated_atoms to fit them)"
+        )
+    return f"E0 ({method}): " + ", ".join(f"{chemical_symbols[z]} {e:.4f} eV" for z, e in zip(atomic_numbers, e0))
+
+
 def mean_neighbors(graphs: Sequence[FrameGraph]) -> float:
     """Average number of neighbours per atom within the cutoff (message normaliser)."""
     atoms = sum(g.n_node for g in graphs)

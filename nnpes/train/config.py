@@ -107,7 +107,11 @@ def model_section(value: Any) -> BaseModel:
     if "family" not in value:
         raise ValueError("missing required key 'model.family'")
     if family not in FAMILIES:
-        raise ValueError(f"key 'model.family' has value {family!r}; allowed values: {sorted(FAMILIES)}")
+        import difflib
+
+        close = difflib.get_close_matches(str(family), list(FAMILIES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"key 'model.family' has value {family!r}{hint}; allowed values: {sorted(FAMILIES)}")
     try:
         return _model_schema(family, FAMILIES[family]).model_validate(value)
     except ValidationError as err:
@@ -235,29 +239,117 @@ def load_config(
     workdir: str | None = None,
 ) -> Config:
     """Read and validate a YAML config (or a dict), apply ``key.sub=value`` overrides and
-    ``--workdir`` (which wins over the file). Relative data paths are resolved against the
-    current directory first, then the config file's directory. Raises ConfigError (one line)."""
+    ``--workdir`` (which wins over the file).
+
+    Relative paths follow one rule: those written in a config file (``workdir`` and the
+    ``data`` files) are relative to the file's directory, so a config works from any current
+    directory; those given on the command line (overrides, ``workdir``) or in a dict from Python
+    are relative to the current directory. ``package:NAME`` names a file shipped in
+    ``nnpes/data/files``. Raises ConfigError (one line, with the line number in the file when
+    it has one).
+    """
     source = os.fspath(path) if path is not None else "<config>"
+    lines: dict[str, int] = {}
     if raw is None:
-        if not os.path.isfile(source):
-            raise ConfigError(f"{source}: config file not found")
-        try:
-            with open(source) as f:
-                raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raw, lines = _read_yaml(source)
+        raw = _resolve_paths(raw, os.path.dirname(os.path.abspath(source)))
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping of keys")
-    raw = _deepcopy(raw)
+    raw = _resolve_paths(_deepcopy(raw), os.getcwd())
     for key, value in parse_overrides(overrides or []):
+        if key in _PATH_KEYS:
+            value = _resolve_path(value, os.getcwd())
         _set_override(raw, key, value, source)
     if workdir is not None:
-        raw["workdir"] = workdir
+        raw["workdir"] = os.path.abspath(workdir)
     try:
         config = Config.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_describe(e, source)) from None
-    return _resolve_paths(config, os.path.dirname(os.path.abspath(source)) if path is not None else os.getcwd())
+        raise ConfigError(_describe(e, _at_line(source, lines, e))) from None
+    _check_files(config)
+    return config
+
+
+def _read_yaml(source: str) -> tuple[Any, dict[str, int]]:
+    """The parsed file and the 1-based line of every dotted key in it."""
+    if not os.path.isfile(source):
+        raise ConfigError(f"{source}: config file not found")
+    with open(source) as f:
+        text = f.read()
+    try:
+        raw = yaml.safe_load(text) or {}
+        node = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{source}: {at}not valid YAML ({problem})") from None
+    lines: dict[str, int] = {}
+
+    def walk(n, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = f"{prefix}{k.value}"
+                lines[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+
+    walk(node, "")
+    return raw, lines
+
+
+def _at_line(source: str, lines: dict[str, int], err: ValidationError) -> str:
+    """``source`` with the line of the offending key (or of its closest parent) when known."""
+    loc = [str(p) for p in err.errors()[0]["loc"]]
+    if loc == ["model"] and err.errors()[0]["type"] == "value_error":
+        message = str(err.errors()[0]["ctx"]["error"])
+        loc = ["model", *([message.split("'model.")[1].split("'")[0]] if "'model." in message else [])]
+    while loc:
+        if ".".join(loc) in lines:
+            return f"{source}: line {lines['.'.join(loc)]}"
+        loc = loc[:-1]
+    return source
+
+
+_PATH_KEYS = ("workdir", "data.train", "data.validation", "data.test", "data.isolated_atoms")
+
+
+def _resolve_path(p, base: str):
+    """A path (or list of paths) made absolute against ``base``; ``package:NAME`` → the shipped file."""
+    if isinstance(p, list):
+        return [_resolve_path(q, base) for q in p]
+    if not isinstance(p, str) or not p.strip():
+        return p
+    if p.startswith("package:"):
+        from importlib import resources
+
+        return str(resources.files("nnpes.data") / "files" / p.split(":", 1)[1])
+    return os.path.abspath(os.path.join(base, os.path.expanduser(p)))
+
+
+def _resolve_paths(raw: Any, base: str) -> Any:
+    if not isinstance(raw, dict):
+        return raw
+    raw = dict(raw)
+    if "workdir" in raw:
+        raw["workdir"] = _resolve_path(raw["workdir"], base)
+    if isinstance(raw.get("data"), dict):
+        data = dict(raw["data"])
+        for key in ("train", "validation", "test", "isolated_atoms"):
+            if key in data:
+                data[key] = _resolve_path(data[key], base)
+        raw["data"] = data
+    return raw
+
+
+def _check_files(config: Config) -> None:
+    d = config.data
+    if d is None:
+        return
+    for key in ("train", "validation", "test", "isolated_atoms"):
+        paths = getattr(d, key)
+        for p in [paths] if isinstance(paths, str) else (paths or []):
+            if not os.path.isfile(p):
+                raise ConfigError(f"data.{key}: file not found: {p}")
 
 
 def _deepcopy(x):
@@ -266,33 +358,6 @@ def _deepcopy(x):
     if isinstance(x, list):
         return [_deepcopy(v) for v in x]
     return x
-
-
-def _resolve_paths(config: Config, base: str) -> Config:
-    def resolve(p):
-        if p is None:
-            return None
-        if isinstance(p, list):
-            return [resolve(q) for q in p]
-        if p.startswith("package:"):
-            from importlib import resources
-
-            return str(resources.files("nnpes.data") / "files" / p.split(":", 1)[1])
-        if os.path.isabs(p) or os.path.exists(p):
-            return os.path.abspath(p)
-        candidate = os.path.join(base, p)
-        return os.path.abspath(candidate) if os.path.exists(candidate) else p
-
-    d = config.data
-    if d is None:
-        return config
-    data = d.model_copy(update={k: resolve(getattr(d, k)) for k in ("train", "validation", "test", "isolated_atoms")})
-    for key in ("train", "validation", "test", "isolated_atoms"):
-        paths = getattr(data, key)
-        for p in [paths] if isinstance(paths, str) else (paths or []):
-            if not os.path.isfile(p):
-                raise ConfigError(f"data.{key}: file not found: {p}")
-    return config.model_copy(update={"data": data})
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

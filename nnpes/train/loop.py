@@ -79,6 +79,7 @@ class Session:
     compile0: dict = dataclasses.field(default_factory=compilation.stats)
     best_metrics: dict | None = None
     learning_rate: float = float("nan")
+    current: TrainState | None = None  # the state after the last completed step (what an interrupt saves)
 
     @property
     def ckpt_dir(self) -> str:
@@ -213,11 +214,11 @@ def run(s: Session, state: TrainState) -> tuple[TrainState, str]:
     """
     t = s.cfg.training
     stop_reason = "max_steps" if t.max_steps is not None else "max_epochs"
+    s.current = state
     try:
-        state, stop_reason = _steps(s, state, stop_reason)
+        return _steps(s, state, stop_reason)
     except KeyboardInterrupt:
-        return state, "interrupted"
-    return state, stop_reason
+        return s.current, "interrupted"
 
 
 def _steps(s: Session, state: TrainState, stop_reason: str) -> tuple[TrainState, str]:
@@ -230,7 +231,7 @@ def _steps(s: Session, state: TrainState, stop_reason: str) -> tuple[TrainState,
             break
         s.learning_rate = s.learning_rate_now(step)
         new_state, m = s.step_fn(state, _batch(s, epoch, b), np.asarray(s.learning_rate, np.float32))
-        state, step = new_state, step + 1  # one statement: an interrupt never splits them
+        state, step, s.current = new_state, step + 1, new_state  # one statement: an interrupt never splits them
         if step % 10 == 0 or step == s.total_steps or b == s.steps_per_epoch - 1:
             train_loss = float(m["loss"])
             if not math.isfinite(train_loss):
@@ -243,10 +244,11 @@ def _steps(s: Session, state: TrainState, stop_reason: str) -> tuple[TrainState,
         stop = stop or step >= s.total_steps
         if b == s.steps_per_epoch - 1 or stop:  # end of an epoch (or of the run): validate
             state, early = validate(s, state, epoch, train_loss)
+            s.current = state
             if early:
                 stop, stop_reason = True, "early_stopping"
         if step % t.checkpoint_every_steps == 0:
-            state = save_checkpoint(s, state)
+            state = s.current = save_checkpoint(s, state)
         s.notify("on_step", step, {**m, "last_loss": train_loss, "elapsed_s": s.elapsed()})
     return state, stop_reason
 

@@ -14,7 +14,7 @@ import yaml
 
 from nnpes.data.graph import FrameGraph, frame_to_graph
 from nnpes.data.io import Frame, read_frames
-from nnpes.data.statistics import fit_e0, fit_model_statistics, force_rms, mean_neighbors
+from nnpes.data.statistics import e0_report, energy_scale, fit_e0, fit_model_statistics, mean_neighbors
 from nnpes.errors import ConfigError, DataError
 from nnpes.potential import Potential
 from nnpes.train import checkpoint
@@ -99,16 +99,15 @@ def potential_for_model(
     """
     numbers = sorted({int(z) for f in list(train) + list(extra) for z in f.numbers})
     e0, method = fit_e0(train, numbers, isolated)
-    scale = force_rms(train)
+    scale, scale_method = energy_scale(train, numbers, e0)
     probe = [frame_to_graph(f, cutoff, numbers) for f in train[:1000]]
     potential = Potential.create(
         model, numbers, cutoff, seed, e0=e0, e0_method=method, scale=scale, avg_num_neighbors=mean_neighbors(probe)
     )
     potential = potential.replace(model=fit_model_statistics(potential.model, probe))
     report = (
-        f"E0 ({method}): "
-        + ", ".join(f"Z={z}: {e:.4f} eV" for z, e in zip(numbers, e0))
-        + f"; scale {scale:.4f} eV (force RMS); mean neighbours {potential.avg_num_neighbors:.2f}"
+        f"{e0_report(numbers, e0, method)}; scale {scale:.4f} eV ({scale_method}); "
+        f"mean neighbours {potential.avg_num_neighbors:.2f}"
     )
     return potential, report
 

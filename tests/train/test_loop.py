@@ -8,11 +8,10 @@ import os
 import textwrap
 from importlib import resources
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import PairModel
 
 from nnpes.data.io import read_frames
 from nnpes.errors import ConfigError, TrainingError
@@ -131,23 +130,6 @@ def test_training_fits_behler_parrinello_standardisation_on_the_training_data(ti
 
 
 # -- nnpes.train.fit: a user's module, frames in memory, callbacks -----------------------------
-
-
-class PairModel(nn.Module):
-    """A user's module written in the test: ε_i = Σ_j w(s_i, s_j) e^{−r_ij} (1 − r_ij/r_c)²."""
-
-    cutoff: float = 4.0
-    num_species: int = 1
-    avg_num_neighbors: float = 1.0
-    nan: bool = False
-
-    @nn.compact
-    def __call__(self, vectors, species, senders, receivers, edge_mask):
-        r = jnp.linalg.norm(vectors, axis=-1)
-        w = nn.Embed(self.num_species**2, 1)(species[senders] * self.num_species + species[receivers])[:, 0]
-        pair = jnp.where(edge_mask, w.astype(r.dtype) * jnp.exp(-r) * (1.0 - r / self.cutoff) ** 2, 0.0)
-        out = jnp.zeros(species.shape[0], r.dtype).at[receivers].add(pair) / self.avg_num_neighbors
-        return out * jnp.nan if self.nan else out
 
 
 class Recorder(Callback):
