@@ -23,6 +23,11 @@ class TrainingError(NnpesError, RuntimeError):
     """Training went wrong while it ran (the loss became NaN or infinite)."""
 
 
+class LabelWarning(UserWarning):
+    """Labels look suspicious but usable: likely wrong units, or a label absent from a file
+    (one line naming the file), e.g. stress that looks like kbar (:mod:`nnpes.data.sanity`)."""
+
+
 def where(source: str | None, index: int | None) -> str:
     """Prefix naming the file and frame an error is about."""
     parts = [source or "<in memory>"]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 
 from nnpes.data.graph import FrameGraph, batch_graphs, common_pad_sizes, frame_to_graph
-from nnpes.data.io import Frame
+from nnpes.data.io import LABELS, Frame, key_hint, keys_found, label_key_text
+from nnpes.errors import DataError, LabelWarning, where
 from nnpes.physics import evaluate
 from nnpes.potential import Potential
 
@@ -101,3 +103,43 @@ def validation_loss(metrics: dict, weights: dict) -> float:
         if weights.get(name) and metrics.get(key) is not None:
             total += weights[name] * (metrics[key] * 1e-3) ** 2
     return total if math.isfinite(total) else float("inf")
+
+
+def check_labels(
+    frames: Sequence[Frame], keys: Mapping[str, str], source: str | None = None, expect_stress: bool = False
+) -> tuple[str, ...]:
+    """The labels ("energy", "forces", "stress") some frame carries; warn about absent ones.
+
+    Args:
+        frames: the frames of one file, read with ``keys``.
+        keys: {label: key} used to read them ("energy", "forces", "stress", "virial").
+        source: the file, for messages (default: the frames' ``source``).
+        expect_stress: warn when no frame has stress, too. Without it, missing stress is only
+            reported when the file has a key whose name contains "stress" or "virial".
+
+    Raises:
+        DataError: no frame carries any label; the line lists the keys the file has.
+
+    Warns:
+        LabelWarning: energy or forces (or expected stress) absent from every frame, naming the
+            file, the label, its key and the keys the file has.
+    """
+    source = source or (frames[0].source if frames else None)
+    name = where(source, None)
+    found = keys_found(frames)
+    present = tuple(label for label in LABELS if any(getattr(f, label) is not None for f in frames))
+    if not present:
+        wanted = [f"{label} ({label_key_text(label, keys)})" for label in LABELS]
+        wanted = ", ".join(wanted[:-1]) + " or " + wanted[-1]
+        raise DataError(f"{name}: no frame has {wanted}; the file has {found}; {key_hint(LABELS, found, config=False)}")
+    stress_like = any("stress" in k.lower() or "virial" in k.lower() for k in found.all())
+    for label in LABELS:
+        if label in present or (label == "stress" and not (expect_stress or stress_like)):
+            continue
+        warnings.warn(
+            f"{name}: no frame has {label} ({label_key_text(label, keys)}), so it is not evaluated; the file has "
+            f"{found}; {key_hint([label], found, config=False)}",
+            LabelWarning,
+            stacklevel=2,
+        )
+    return present

@@ -11,15 +11,22 @@ import sys
 import warnings
 
 from nnpes.cli import evaluate, md, train
-from nnpes.errors import NnpesError
+from nnpes.errors import LabelWarning, NnpesError
 
 VERBS = (train, evaluate, md)  # modules with register(subparsers)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``nnpes VERB: error: ...``; ``--help`` still shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from nnpes import __version__
 
-    parser = argparse.ArgumentParser(prog="nnpes", description="Machine-learned interatomic potentials in JAX.")
+    parser = _Parser(prog="nnpes", description="Machine-learned interatomic potentials in JAX.")
     parser.add_argument("--version", action="version", version=f"nnpes {__version__}")
     parser.add_argument(
         "--no-compile-cache",
@@ -27,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not use the persistent compilation cache (default: on, in $NNPES_CACHE_DIR or ~/.cache/nnpes/jax; "
         "NNPES_NO_COMPILE_CACHE=1 does the same)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for verb in VERBS:
         verb.register(sub)
     return parser
@@ -41,14 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += [x for x in extra if "=" in x and not x.startswith("-")]
         extra = [x for x in extra if not ("=" in x and not x.startswith("-"))]
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    _one_line_warnings(args.command)
+        hint = "; overrides look like key.sub=value" if hasattr(args, "overrides") else ""
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     if not args.no_compile_cache:
         from nnpes import compilation
 
         compilation.enable_persistent_cache()  # the entry point, not the library, sets process-wide options
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
+            warnings.simplefilter("always", LabelWarning)  # one per file and label, even when repeated
+            return int(args.func(args) or 0)
     except NnpesError as e:
         print(f"nnpes {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -57,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _one_line_warnings(command: str) -> None:
-    """Warnings as one line each, ``nnpes VERB: warning: ...`` (no source line, no stack)."""
+def _one_line_warning(command: str):
+    """A ``warnings.showwarning`` printing each warning as one line, ``nnpes VERB: warning: ...``."""
 
     def show(message, category, filename, lineno, file=None, line=None):
         text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
         print(f"nnpes {command}: warning: {text}", file=file or sys.stderr, flush=True)
 
-    warnings.showwarning = show
+    return show
 
 
 if __name__ == "__main__":

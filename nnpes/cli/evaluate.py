@@ -1,4 +1,12 @@
-"""``nnpes evaluate MODEL DATA... [--json FILE] [--plot FILE.png]``: table, JSON, parity plots."""
+"""``nnpes evaluate MODEL DATA... [--json FILE] [--plot FILE.png]``: table, JSON, parity plots.
+
+Labels are read under the keys the model was trained with (``potential.json``'s
+``label_keys``; the label's own name for a model without the record) unless ``--energy-key``
+and the like say otherwise. Every file is read and checked before any is evaluated: a file
+without any label is an error; a label absent from a whole file, and magnitudes that look
+like a unit mistake (:mod:`nnpes.data.sanity`), are one warning line each. The JSON records
+the keys used (``label_keys``) next to the metrics of each file.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,8 @@ import json
 import os
 
 import numpy as np
+
+from nnpes.errors import ConfigError
 
 _COLUMNS = [
     ("frames", "frames", "{:d}"),
@@ -17,6 +27,8 @@ _COLUMNS = [
     ("σ MAE meV/Å³", "stress_mae_mev_per_a3", "{:.3f}"),
     ("σ RMSE meV/Å³", "stress_rmse_mev_per_a3", "{:.3f}"),
 ]
+KEY_LABELS = ("energy", "forces", "stress", "virial")
+GPA_PER_EV_A3 = 160.21766
 
 
 def register(subparsers) -> None:
@@ -24,39 +36,55 @@ def register(subparsers) -> None:
     p.add_argument("model", help="model directory or run directory")
     p.add_argument("data", nargs="+", help="ASE-readable labelled files")
     p.add_argument("--json", help="write metrics as JSON to this file")
-    p.add_argument("--plot", help="write energy and force parity plots to this PNG")
+    p.add_argument("--plot", help="write energy, force (and stress) parity plots to this PNG")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--energy-key", default="energy")
-    p.add_argument("--forces-key", default="forces")
-    p.add_argument("--stress-key", default="stress")
+    for label in KEY_LABELS:
+        p.add_argument(
+            f"--{label}-key", default=None, help=f"key of the {label} label (default: the model's training key)"
+        )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive number of frames, got {args.batch_size}")
     import jax
 
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    from nnpes.data.io import read_frames
     from nnpes.evaluate import evaluate_frames
     from nnpes.md.calculator import resolve_dtype
     from nnpes.potential import load
 
     potential = load(args.model).astype(resolve_dtype(args.dtype))
+    keys = {label: getattr(args, f"{label}_key") or potential.label_key(label) for label in KEY_LABELS}
+    expect_stress = args.stress_key is not None or args.virial_key is not None
+    datasets = [(path, _read_checked(path, keys, expect_stress)) for path in args.data]  # every file checked first
     files, parity = [], []
-    for path in args.data:
-        frames = read_frames(path, energy_key=args.energy_key, forces_key=args.forces_key, stress_key=args.stress_key)
+    for path, frames in datasets:
         metrics, preds = evaluate_frames(potential, frames, args.batch_size)
         files.append({"path": os.path.abspath(path), **metrics})
         parity.append((os.path.basename(path), frames, preds))
     _print_table(files)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": os.path.abspath(args.model), "files": files}, f, indent=2)
+            json.dump({"model": os.path.abspath(args.model), "label_keys": keys, "files": files}, f, indent=2)
     if args.plot:
         parity_plot(parity, args.plot)
     return 0
+
+
+def _read_checked(path: str, keys: dict, expect_stress: bool) -> list:
+    """Frames of one file, read with ``keys``; DataError without labels, warnings for the rest."""
+    from nnpes.data.io import read_frames
+    from nnpes.data.sanity import warn_units
+    from nnpes.evaluate import check_labels
+
+    frames = read_frames(path, **{f"{label}_key": key for label, key in keys.items()})
+    check_labels(frames, keys, path, expect_stress=expect_stress)
+    warn_units(frames)
+    return frames
 
 
 def _print_table(files: list[dict]) -> None:
@@ -75,29 +103,88 @@ def _print_table(files: list[dict]) -> None:
     Console(width=200).print(table)
 
 
-def parity_plot(parity, path: str) -> None:
-    """Energy-per-atom and force-component parity plots (predicted against reference)."""
+def _pairs(frames, preds, label: str):
+    """(reference, predicted) components of a label over the frames that carry it, plot units."""
+    ref, pred = [], []
+    for f, p in zip(frames, preds):
+        value = getattr(f, label)
+        if value is None or label not in p:
+            continue
+        if label == "energy":  # per atom
+            ref.append([value / f.n_atoms])
+            pred.append([p[label] / f.n_atoms])
+        else:
+            ref.append(np.ravel(value))
+            pred.append(np.ravel(p[label]))
+    if not ref:
+        return None
+    scale = GPA_PER_EV_A3 if label == "stress" else 1.0
+    return np.concatenate(ref) * scale, np.concatenate(pred) * scale
+
+
+# label, title, axis unit, MAE unit, MAE factor (axis unit → MAE unit)
+_PANELS = (
+    ("energy", "energy per atom", "eV/atom", "meV/atom", 1e3),
+    ("forces", "force components", "eV/Å", "meV/Å", 1e3),
+    ("stress", "stress components", "GPa", "GPa", 1.0),
+)
+
+
+def parity_figure(parity):
+    """Parity plots (predicted against reference) as a matplotlib Figure.
+
+    Panels: energy per atom (eV/atom), force components (eV/Å) and, when any frame has stress,
+    stress components (GPa, ASE sign: positive = tensile). Each file's legend entry gives its
+    MAE on that panel (meV/atom, meV/Å, GPa).
+
+    Drawing order: files whose name contains "train" (any case) are drawn first, underneath
+    (zorder 1); every other file (test, validation) is drawn afterwards on top (zorder 2), so
+    training points never hide test points. Within each group the given order is kept.
+
+    Args:
+        parity: (name, frames, predictions) per file, predictions as from
+            :func:`nnpes.evaluate.evaluate_frames`.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, (ax_e, ax_f) = plt.subplots(1, 2, figsize=(10, 4.5))
-    for name, frames, preds in parity:
-        e = [(f.energy / f.n_atoms, p["energy"] / f.n_atoms) for f, p in zip(frames, preds) if f.energy is not None]
-        if e:
-            ref, pred = np.array(e).T
-            ax_e.scatter(ref, pred, s=6, label=name)
-        fs = [(f.forces.ravel(), p["forces"].ravel()) for f, p in zip(frames, preds) if f.forces is not None]
-        if fs:
-            ax_f.scatter(np.concatenate([a for a, _ in fs]), np.concatenate([b for _, b in fs]), s=2, label=name)
-    for ax, title, unit in ((ax_e, "energy", "eV/atom"), (ax_f, "force components", "eV/Å")):
-        lims = ax.get_xlim()
-        ax.plot(lims, lims, "k--", lw=0.8)
-        ax.set_xlabel(f"reference ({unit})")
-        ax.set_ylabel(f"predicted ({unit})")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
+    has_stress = any(f.stress is not None for _, frames, _ in parity for f in frames)
+    panels = _PANELS if has_stress else _PANELS[:2]
+    fig = Figure(figsize=(5 * len(panels), 4.5))
+    axes = fig.subplots(1, len(panels))
+    ordered = sorted(parity, key=lambda item: "train" not in item[0].lower())  # stable: train first
+    for ax, (label, title, unit, mae_unit, factor) in zip(axes, panels):
+        for name, frames, preds in ordered:
+            pairs = _pairs(frames, preds, label)
+            if pairs is None:
+                continue
+            ref, pred = pairs
+            mae = float(np.mean(np.abs(pred - ref))) * factor
+            zorder = 1 if "train" in name.lower() else 2
+            ax.scatter(
+                ref, pred, s=6 if label == "energy" else 2, zorder=zorder, label=f"{name}: MAE {mae:.3g} {mae_unit}"
+            )
+        _finish_panel(ax, title, unit)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def _finish_panel(ax, title: str, unit: str) -> None:
+    if ax.collections:
+        lo, hi = min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, zorder=0)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, f"no {title.split()[0]} labels", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(f"reference ({unit})")
+    ax.set_ylabel(f"predicted ({unit})")
+    ax.set_title(title)
+
+
+def parity_plot(parity, path: str) -> None:
+    """Write :func:`parity_figure` of ``parity`` to the PNG ``path``."""
+    parity_figure(parity).savefig(path, dpi=120)

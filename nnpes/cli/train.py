@@ -31,7 +31,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_config(args: argparse.Namespace) -> int:
-    from nnpes.train.config import load_config, reference_markdown
+    from nnpes.train.config import load_config
+    from nnpes.train.config_reference import reference_markdown
 
     if args.config is None:
         print(reference_markdown())

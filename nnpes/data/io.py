@@ -2,14 +2,17 @@
 
 Any file ASE can read becomes a list of :class:`Frame` (positions in Å, energy in eV,
 forces in eV/Å, stress in eV/Å³ with ASE's sign and a 3×3 layout). Every frame is checked
-on load; a bad one raises :class:`~nnpes.errors.DataError` naming the file and frame.
+on load; a bad one raises :class:`~nnpes.errors.DataError` naming the file and frame. A frame
+remembers which keys its source offered (:class:`FoundKeys`), so that a missing label can be
+reported together with the keys that are there (``REF_energy`` and the like).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -17,6 +20,101 @@ from nnpes.errors import DataError, where
 
 LABELS = ("energy", "forces", "stress")
 MIN_DISTANCE_A = 0.1  # atoms closer than this are a broken frame, not physics
+_GEOMETRY_ARRAYS = ("numbers", "positions")  # atoms.arrays entries that are never labels
+_MAX_KEYS_LISTED = 12
+_STEMS = {"energy": "energ", "forces": "force"}  # a key containing these may hold the label (REF_force)
+
+
+@dataclasses.dataclass(frozen=True)
+class FoundKeys:
+    """The keys a frame (or, merged with ``|``, a file) offers for labels, each sorted.
+
+    Attributes:
+        info: per-frame keys of ``atoms.info``.
+        per_atom: keys of ``atoms.arrays`` other than numbers and positions.
+        calculator: result keys of an attached calculator (extxyz puts ``energy``,
+            ``forces`` and ``stress`` there).
+    """
+
+    info: tuple[str, ...] = ()
+    per_atom: tuple[str, ...] = ()
+    calculator: tuple[str, ...] = ()
+
+    def __or__(self, other: FoundKeys) -> FoundKeys:
+        merge = lambda a, b: tuple(sorted(set(a) | set(b)))  # noqa: E731
+        return FoundKeys(
+            merge(self.info, other.info), merge(self.per_atom, other.per_atom), merge(self.calculator, other.calculator)
+        )
+
+    def all(self) -> tuple[str, ...]:
+        """Every key, of any kind, sorted."""
+        return tuple(sorted(set(self.info) | set(self.per_atom) | set(self.calculator)))
+
+    def __str__(self) -> str:
+        """E.g. ``info keys [REF_energy], per-atom keys [REF_forces]``."""
+        parts = []
+        for kind, keys in (("info", self.info), ("per-atom", self.per_atom), ("calculator", self.calculator)):
+            if keys:
+                shown = ", ".join(keys[:_MAX_KEYS_LISTED])
+                more = f", … {len(keys) - _MAX_KEYS_LISTED} more" if len(keys) > _MAX_KEYS_LISTED else ""
+                parts.append(f"{kind} keys [{shown}{more}]")
+        return ", ".join(parts) or "no info, per-atom or calculator keys"
+
+
+def label_keys_found(atoms) -> FoundKeys:
+    """The keys an ``ase.Atoms`` offers for labels: ``atoms.info`` keys, per-atom
+    ``atoms.arrays`` keys other than numbers/positions, and calculator result keys."""
+    calc = getattr(atoms, "calc", None)
+    results = getattr(calc, "results", None) or {}
+    return _shared_keys(
+        tuple(sorted(map(str, atoms.info))),
+        tuple(sorted(str(k) for k in atoms.arrays if k not in _GEOMETRY_ARRAYS)),
+        tuple(sorted(map(str, results))),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_keys(info: tuple[str, ...], per_atom: tuple[str, ...], calculator: tuple[str, ...]) -> FoundKeys:
+    """One FoundKeys object per distinct key set (the frames of a file share it)."""
+    return FoundKeys(info, per_atom, calculator)
+
+
+def keys_found(frames: Iterable[Frame]) -> FoundKeys:
+    """The union of the keys the frames' sources offered (see :func:`label_keys_found`)."""
+    found = FoundKeys()
+    for keys in {id(f.found_keys): f.found_keys for f in frames if f.found_keys is not None}.values():
+        found = found | keys  # frames of a file mostly share one FoundKeys object
+    return found
+
+
+def label_key_text(label: str, keys: Mapping[str, str]) -> str:
+    """How a label is looked up, for messages: ``key 'energy'``, ``key 'stress' or 'virial'``."""
+    if label == "stress":
+        return f"key '{keys.get('stress', 'stress')}' or '{keys.get('virial', 'virial')}'"
+    return f"key '{keys.get(label, label)}'"
+
+
+def key_hint(labels: Iterable[str], found: FoundKeys | None = None, config: bool = True) -> str:
+    """How to point nnpes at other keys for these labels: config keys (``data.energy_key``, also
+    a ``nnpes train`` override) and ``nnpes evaluate`` options, with the found keys whose
+    names contain a label's stem (``REF_energy``, ``REF_force``) as candidates."""
+    labels = list(labels)
+    names = [n for label in labels for n in ((label,) if label != "stress" else ("stress", "virial"))]
+    options = "/".join(f"--{n}-key" for n in names)
+    hint = f"set the keys with {options}"
+    if config:
+        hint = f"set the keys with {'/'.join(f'data.{n}_key' for n in names)} in a config or override, or {options}"
+        hint += " of nnpes evaluate"
+    stems = [_STEMS.get(n, n) for n in names]
+    candidates = [k for k in (found.all() if found else ()) if any(stem in k.lower() for stem in stems)]
+    return f"{hint} (candidates: {', '.join(candidates)})" if candidates else hint
+
+
+def missing_labels_message(at: str, missing: Sequence[str], keys: Mapping[str, str], found: FoundKeys) -> str:
+    """One line: which labels are missing under which keys, the keys there are, how to fix it."""
+    listed = ", ".join(f"'{label}' ({label_key_text(label, keys)})" for label in missing)
+    verb = "label {} is" if len(missing) == 1 else "labels {} are"
+    return f"{at}: {verb.format(listed)} missing; the frame has {found}; {key_hint(missing, found)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +130,8 @@ class Frame:
         forces: (N, 3) forces, eV/Å, or None.
         stress: (3, 3) stress, eV/Å³, ASE sign (positive = tensile), or None.
         source, index: file and frame index, for error messages.
+        found_keys: the keys its ``ase.Atoms`` offered for labels (:func:`frame_from_atoms` sets
+            it; None for a Frame constructed directly).
     """
 
     positions: np.ndarray
@@ -43,6 +143,7 @@ class Frame:
     stress: np.ndarray | None = None
     source: str | None = None
     index: int | None = None
+    found_keys: FoundKeys | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -122,14 +223,16 @@ def frame_from_atoms(
     forces = _forces(atoms, forces_key, len(numbers), at)
     stress = _stress(atoms, stress_key, virial_key, cell, pbc, at)
     labels = {"energy": energy, "forces": forces, "stress": stress}
-    for name in require:
-        if name not in labels:
-            raise DataError(f"{at}: unknown label '{name}', expected one of {LABELS}")
-        if labels[name] is None:
-            key = {"energy": energy_key, "forces": forces_key, "stress": f"{stress_key}' or '{virial_key}"}[name]
-            raise DataError(f"{at}: label '{name}' (key '{key}') is missing")
+    unknown = [name for name in require if name not in labels]
+    if unknown:
+        raise DataError(f"{at}: unknown label '{unknown[0]}', expected one of {LABELS}")
+    found = label_keys_found(atoms)
+    missing = [name for name in LABELS if name in require and labels[name] is None]
+    if missing:
+        keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key, "virial": virial_key}
+        raise DataError(missing_labels_message(at, missing, keys, found))
     _check_min_distance(positions, cell, pbc, at)
-    return Frame(positions, numbers, cell, pbc, energy, forces, stress, source, index)
+    return Frame(positions, numbers, cell, pbc, energy, forces, stress, source, index, found)
 
 
 def _geometry(atoms, at: str):

@@ -148,7 +148,10 @@ def check_dtype(cfg: Config) -> np.dtype:
 def prepare_workdir(cfg: Config) -> str:
     """Create the run directory, refuse to resume with a changed config, write config.yaml."""
     workdir = os.path.abspath(cfg.workdir)
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"workdir: cannot create the run directory {workdir} ({e.strerror})") from None
     resolved = os.path.join(workdir, "config.yaml")
     if checkpoint.latest_step(os.path.join(workdir, "checkpoints")) is not None and os.path.isfile(resolved):
         diff = changed_keys(load_config(resolved), cfg)

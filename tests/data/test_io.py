@@ -16,7 +16,7 @@ from nnpes.data.graph import (
     frame_to_graph,
     species_indices,
 )
-from nnpes.data.io import MIN_DISTANCE_A, frame_from_atoms, read_frames
+from nnpes.data.io import MIN_DISTANCE_A, FoundKeys, frame_from_atoms, keys_found, label_keys_found, read_frames
 from nnpes.errors import DataError, ModelError
 
 pytestmark = pytest.mark.usefixtures("debug_nans")
@@ -100,6 +100,60 @@ def test_missing_required_label_raises_naming_label_and_key(tmp_path):
     with pytest.raises(DataError) as err:
         read_frames(path, require=("energy", "forces"))
     assert_one_line_error(err, path, "frame 1", "'forces'")
+
+
+def write_ref_keys_copy(path, n: int = 3) -> str:
+    """Ethanol frames with labels under MACE-style keys: info REF_energy, arrays REF_forces."""
+    images = ase.io.read(resources.files("nnpes.data") / "files" / "ethanol_test.xyz", index=f":{n}")
+    for a in images:
+        a.info["REF_energy"] = a.get_potential_energy()
+        a.arrays["REF_forces"] = a.get_forces()
+        a.calc = None
+    ase.io.write(path, images, format="extxyz")
+    return str(path)
+
+
+def test_missing_labels_are_listed_at_once_with_the_keys_the_frame_has(tmp_path):
+    path = write_ref_keys_copy(tmp_path / "ref.xyz")
+    with pytest.raises(DataError) as err:
+        read_frames(path, require=("energy", "forces"))  # as training reads
+    assert_one_line_error(
+        err,
+        f"{path}: frame 0: labels 'energy' (key 'energy'), 'forces' (key 'forces') are missing",
+        "info keys [REF_energy, ",
+        "per-atom keys [REF_forces]",
+        "data.energy_key/data.forces_key",
+        "--energy-key/--forces-key",
+    )
+    frames = read_frames(path, energy_key="REF_energy", forces_key="REF_forces", require=("energy", "forces"))
+    assert len(frames) == 3 and frames[0].forces.shape == (9, 3)
+
+
+def test_missing_stress_names_stress_and_virial_keys(tmp_path):
+    path = str(tmp_path / "cu.xyz")
+    ase.io.write(path, ase.build.bulk("Cu", "fcc", a=3.6, cubic=True), format="extxyz")
+    with pytest.raises(DataError) as err:
+        read_frames(path, require=("stress",), stress_key="REF_stress")
+    assert_one_line_error(err, "label 'stress' (key 'REF_stress' or 'virial') is missing", "--stress-key/--virial-key")
+
+
+def test_label_keys_found_lists_info_per_atom_and_calculator_keys():
+    atoms = water()
+    atoms.info["REF_energy"] = -1.0
+    atoms.arrays["REF_forces"] = np.zeros((3, 3))
+    found = label_keys_found(atoms)
+    assert found == FoundKeys(info=("REF_energy",), per_atom=("REF_forces",), calculator=("energy", "forces"))
+    assert str(found) == "info keys [REF_energy], per-atom keys [REF_forces], calculator keys [energy, forces]"
+    assert str(label_keys_found(ase.build.molecule("H2O"))) == "no info, per-atom or calculator keys"
+
+
+def test_frames_remember_the_keys_their_file_offered(tmp_path):
+    path = write_ref_keys_copy(tmp_path / "ref.xyz", n=2)
+    frames = read_frames(path)
+    assert "REF_energy" in frames[0].found_keys.info and frames[1].found_keys.per_atom == ("REF_forces",)
+    cu = frame_from_atoms(ase.build.bulk("Cu"), source="mem")
+    assert keys_found(frames + [cu]).all() == tuple(sorted({*frames[0].found_keys.info, "REF_forces"}))
+    assert frame_to_graph(frames[0], 3.0, (1, 6, 8)).found_keys == frames[0].found_keys
 
 
 def test_unknown_required_label_is_refused(tmp_path):

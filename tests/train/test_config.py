@@ -95,7 +95,7 @@ def test_every_shipped_config_validates():
 
 
 def test_readme_config_reference_is_generated_from_the_config_classes():
-    from nnpes.train.config import reference_markdown
+    from nnpes.train.config_reference import reference_markdown
 
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
