@@ -47,7 +47,8 @@ class RunInfo:
         total_steps / steps_per_epoch: the step budget; n_train / n_validation / n_test: frames;
         n_devices: devices sharing each batch; statistics: one line on the fitted E0/scale/neighbours;
         config: the run's :class:`nnpes.train.Config`; time_budget_s: the wall-clock budget or None;
-        bucket_shapes: the padded (n_node, n_edge) shapes of training batches (one compilation each).
+        bucket_shapes: the padded (n_node, n_edge) shapes of training batches (one compilation each);
+        platform: the JAX platform of the devices ("cpu", "gpu", "tpu"; chosen by ``JAX_PLATFORMS``).
     """
 
     workdir: str
@@ -62,6 +63,7 @@ class RunInfo:
     config: Any
     time_budget_s: float | None = None
     bucket_shapes: tuple = ()
+    platform: str = "cpu"
 
 
 class Callback:
@@ -165,7 +167,7 @@ class ProgressBar(Callback):
         budget = f"; time budget {info.time_budget_s:g} s" if info.time_budget_s else ""
         self.log(
             f"nnpes train: {info.workdir}: {info.n_train} train / {info.n_validation} validation / {info.n_test} test "
-            f"frames; {info.statistics}; {info.n_devices} device(s); {len(info.bucket_shapes)} batch shape(s)"
+            f"frames; {info.statistics}; {info.n_devices} {info.platform} device(s); {len(info.bucket_shapes)} batch shape(s)"
             f"{budget}; " + (f"resuming from step {step}" if step else "starting at step 0")
         )
 

@@ -157,6 +157,7 @@ def setup(
             cfg,
             t.time_budget_s,
             session.ladder.shapes,
+            jax.devices()[0].platform,
         ),
     )
     return session, state

@@ -103,7 +103,7 @@ def test_two_device_data_parallel_matches_one_device(tmp_path, tiny_config, writ
         env.pop("JAX_ENABLE_X64", None)
         out = run_train(path, str(tmp_path / f"dev{n}"), env=env)
         assert out.returncode == 0, out.stderr[-2000:]
-        assert f"{n} device(s)" in out.stdout
+        assert f"{n} cpu device(s)" in out.stdout
         with open(tmp_path / f"dev{n}" / "metrics.csv") as f:
             rows = list(f)[1:]
         losses.append(float(rows[-1].split(",")[3]))
