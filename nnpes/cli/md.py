@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 
-from nnpes.errors import DataError
+from nnpes.errors import ConfigError, DataError, NnpesError
 from nnpes.md.driver import BACKENDS
 from nnpes.md.ensembles import ENSEMBLE_NAMES, THERMOSTATS
 
@@ -30,7 +30,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--thermostat",
         choices=THERMOSTATS,
-        default="langevin",
+        default=None,
         help="NVT thermostat (default: langevin); NPT always uses Nosé–Hoover chains",
     )
     p.add_argument("--dt", type=float, default=0.5, metavar="FS", help="time step, fs (default: 0.5)")
@@ -42,13 +42,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         metavar="K",
         help="target temperature and that of the initial velocities when the file has none (default: 300)",
     )
-    p.add_argument("--pressure", type=float, default=1.01325, metavar="BAR", help="NPT pressure, bar (default: 1 atm)")
-    p.add_argument(
-        "--tau-t", type=float, default=100.0, metavar="FS", help="thermostat time constant, fs (default: 100)"
-    )
-    p.add_argument(
-        "--tau-p", type=float, default=1000.0, metavar="FS", help="barostat time constant, fs (default: 1000)"
-    )
+    p.add_argument("--pressure", type=float, metavar="BAR", help="NPT pressure, bar (default: 1 atm)")
+    p.add_argument("--tau-t", type=float, metavar="FS", help="NVT/NPT thermostat time constant, fs (default: 100)")
+    p.add_argument("--tau-p", type=float, metavar="FS", help="NPT barostat time constant, fs (default: 1000)")
     p.add_argument("--every", type=int, default=10, metavar="K", help="record every K steps (default: 10)")
     p.add_argument(
         "--seed", type=int, default=0, metavar="S", help="initial velocities and Langevin noise (default: 0)"
@@ -69,52 +65,141 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def read_structure(path: str):
-    """The last frame of any ASE-readable file; a missing or unreadable file is a DataError."""
+# MDConfig key → the option that sets it (errors name the option)
+OPTION_OF_KEY = {
+    "ensemble": "--ensemble",
+    "thermostat": "--thermostat",
+    "dt_fs": "--dt",
+    "temperature_k": "--temperature",
+    "pressure_bar": "--pressure",
+    "tau_t_fs": "--tau-t",
+    "tau_p_fs": "--tau-p",
+    "seed": "--seed",
+    "dtype": "--dtype",
+    "skin_a": "--skin",
+    "every": "--every",
+}
+# options that only some ensembles read: giving one to another ensemble is refused, not ignored
+ENSEMBLES_OF_OPTION = {"thermostat": ("nvt",), "pressure": ("npt",), "tau_p": ("npt",), "tau_t": ("nvt", "npt")}
+
+
+def read_structure(path: str, potential=None, options=None):
+    """The last frame of any ASE-readable file, validated as every nnpes entry point validates a
+    frame (:func:`nnpes.md.structure.check_structure`, which calls
+    :func:`nnpes.data.io.frame_from_atoms`), and, given them, against the elements ``potential``
+    knows and the cell the ensemble of ``options`` needs. Every problem is one NnpesError line."""
     import ase.io
 
+    from nnpes.md.structure import check_structure
+
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, not a structure file")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     try:
         atoms = ase.io.read(path, index=-1)
     except Exception as e:  # ASE raises many types for a bad file; the user needs one line
-        raise DataError(
-            f"{path}: cannot read a structure ({type(e).__name__}: {str(e).strip() or 'bad format'})"
-        ) from None
+        text = str(e).strip().splitlines()[0] if str(e).strip() else "bad format"
+        raise DataError(f"{path}: cannot read a structure ({type(e).__name__}: {text})") from None
     if len(atoms) == 0:
         raise DataError(f"{path}: the structure has no atoms")
+    try:
+        check_structure(atoms, potential, options, source=path)
+    except NnpesError:
+        # the same error again, naming the frame by its number: counted only now (slow for long files)
+        last = _last_index(path)
+        if last is not None:
+            check_structure(atoms, potential, options, source=path, index=last)
+        raise
     return atoms
 
 
+def _last_index(path: str) -> int | None:
+    """The index of the last frame of a file ASE has read once already (None if counting fails)."""
+    import ase.io
+
+    try:
+        return sum(1 for _ in ase.io.iread(path)) - 1
+    except Exception:  # the frame goes unnamed rather than the error becoming a traceback
+        return None
+
+
+def _options(args: argparse.Namespace):
+    """The validated :class:`~nnpes.md.config.MDConfig` of the command line (errors name the option)."""
+    from nnpes.md.config import from_options
+
+    if args.steps < 1:
+        raise ConfigError(f"--steps must be ≥ 1, got {args.steps}")
+    for dest, ensembles in ENSEMBLES_OF_OPTION.items():
+        if getattr(args, dest) is not None and args.ensemble not in ensembles:
+            raise ConfigError(
+                f"--{dest.replace('_', '-')} does nothing with --ensemble {args.ensemble} "
+                f"(it is an option of {' and '.join(ensembles)})"
+            )
+    given = {"thermostat": args.thermostat, "pressure_bar": args.pressure, "tau_t_fs": args.tau_t}
+    given |= {"tau_p_fs": args.tau_p, "skin_a": args.skin}
+    return from_options(
+        OPTION_OF_KEY,
+        ensemble=args.ensemble,
+        dt_fs=args.dt,
+        temperature_k=args.temperature,
+        seed=args.seed,
+        dtype=args.dtype,
+        every=args.every,
+        **{k: v for k, v in given.items() if v is not None},
+    )
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before the run, an output file that could not be written after it."""
+    for option, path in (("--out", args.out), ("--log", args.log), ("--json", args.json)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise ConfigError(f"{option} {path}: is a directory")
+        if not os.path.isdir(folder):
+            raise ConfigError(f"{option} {path}: directory {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise ConfigError(f"{option} {path}: directory {folder} is not writable")
+
+
+def _check_backend(args: argparse.Namespace, potential, atoms, options) -> None:
+    """Refuse ``--backend jax-md`` for a structure jax-md cannot run (before anything compiles)."""
+    from nnpes.md.driver import choose_backend
+
+    if args.backend == "jax-md" and choose_backend(potential, atoms, options.skin_a) == "ase":
+        width = 2.0 * (potential.cutoff + options.skin_a)
+        raise ConfigError(
+            f"{args.structure}: --backend jax-md needs a molecule or a cell periodic in all directions and at "
+            f"least 2·(cutoff + skin) = {width:.2f} Å wide: use --backend auto or ase, or a supercell"
+        )
+
+
+def _write(option: str, path: str, write) -> None:
+    try:
+        write(path)
+    except OSError as e:
+        raise DataError(f"{option} {path}: cannot write ({e.strerror or e})") from None
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run ``nnpes md``; returns the exit status."""
+    """Run ``nnpes md``; returns the exit status. Options, output paths, the model and the
+    structure are all checked before anything is compiled."""
     import jax
 
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from nnpes.md.config import MDConfig
     from nnpes.md.driver import run_md
     from nnpes.potential import load
 
+    options = _options(args)  # ConfigError: one line naming the option
+    _check_outputs(args)
     potential = load(args.model)
-    atoms = read_structure(args.structure)
-    if args.steps < 1:
-        raise DataError(f"--steps must be ≥ 1, got {args.steps}")
-    options = MDConfig(
-        ensemble=args.ensemble,
-        thermostat=args.thermostat,
-        dt_fs=args.dt,
-        temperature_k=args.temperature,
-        pressure_bar=args.pressure,
-        tau_t_fs=args.tau_t,
-        tau_p_fs=args.tau_p,
-        seed=args.seed,
-        dtype=args.dtype,
-        every=args.every,
-        **({"skin_a": args.skin} if args.skin is not None else {}),
-    )  # ConfigError: one line
+    atoms = read_structure(args.structure, potential, options)
+    _check_backend(args, potential, atoms, options)
 
     with Progress(
         TextColumn("md"),
@@ -134,13 +219,12 @@ def main(args: argparse.Namespace) -> int:
         )
 
     if args.out:
-        result.write_trajectory(args.out)
+        _write("--out", args.out, result.write_trajectory)
     if args.log:
-        result.write_thermo(args.log)
+        _write("--log", args.log, result.write_thermo)
     summary = result.summary()
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+        _write("--json", args.json, lambda path: _dump_json(summary, path))
     drift = summary["drift_mev_per_atom_per_ps"]
     print(
         f"{summary['ensemble']} ({summary['backend']}): {summary['atoms']} atoms, {summary['steps']} steps of "
@@ -150,3 +234,8 @@ def main(args: argparse.Namespace) -> int:
         + f", {summary['neighbor_reallocations']} neighbour reallocations, {summary['compilations']} compilations"
     )
     return 0
+
+
+def _dump_json(summary: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)

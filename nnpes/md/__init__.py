@@ -6,10 +6,12 @@
   chunks, neighbour-list overflow caught and repaired; :func:`run_ase` the same with ASE;
   :func:`run_md` picks one for a structure (what ``nnpes md`` calls).
 - :class:`MDConfig` (alias :class:`MDOptions`): the validated MD options.
+- :func:`check_structure`: the start-structure checks every entry point makes before compiling.
 
 Modules: ``config`` (options), ``ensembles`` (the one table both backends read), ``jaxmd_simulation``
 (jax-md set-up), ``loop`` (jax-md run loop), ``ase_backend``, ``results`` (MDResult, writers),
-``driver`` (backend choice), ``units``, ``velocities``, ``jaxmd_energy``, ``calculator``.
+``driver`` (backend choice), ``structure`` (start-structure checks, start time), ``units``,
+``velocities``, ``jaxmd_energy``, ``calculator``.
 
 jax-md is imported on first use of one of its names (importing it takes seconds).
 """
@@ -28,6 +30,7 @@ _LAZY = {
     "run": "nnpes.md.loop",
     "run_ase": "nnpes.md.ase_backend",
     "run_md": "nnpes.md.driver",
+    "check_structure": "nnpes.md.structure",
 }
 
 

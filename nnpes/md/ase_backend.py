@@ -11,8 +11,10 @@ import numpy as np
 
 from nnpes import compilation
 from nnpes.md.config import MDConfig, configure
+from nnpes.md.driver import check_steps
 from nnpes.md.ensembles import ensemble, require_cell
 from nnpes.md.results import COLUMNS, MDResult, md_result
+from nnpes.md.structure import check_structure, start_time_fs
 from nnpes.md.units import BAR
 from nnpes.md.velocities import initial_momenta
 from nnpes.potential import Potential
@@ -20,7 +22,7 @@ from nnpes.potential import Potential
 TRACED = ("energy_forces_stress",)  # the calculator's jitted function in nnpes.physics
 
 
-def _frame(atoms, dyn, options: MDConfig, periodic: bool) -> tuple:
+def _frame(atoms, dyn, options: MDConfig, periodic: bool, start_time_fs: float) -> tuple:
     """One recorded frame, in the order of :data:`nnpes.md.results.COLUMNS`."""
     epot = atoms.get_potential_energy()
     ekin = atoms.get_kinetic_energy()
@@ -29,7 +31,7 @@ def _frame(atoms, dyn, options: MDConfig, periodic: bool) -> tuple:
     if periodic:
         pressure = -np.mean(atoms.get_stress(include_ideal_gas=False)[:3]) + 2.0 * ekin / (3.0 * volume)
     return (
-        dyn.nsteps * options.dt_fs,
+        start_time_fs + dyn.nsteps * options.dt_fs,
         atoms.positions.copy(),
         atoms.get_velocities(),
         atoms.get_forces(),
@@ -50,27 +52,38 @@ def run_ase(
     **overrides,
 ) -> MDResult:
     """Run ``steps`` steps of ``atoms`` with ASE (NVT Nosé–Hoover: ``NoseHooverChainNVT``, NPT:
-    ``IsotropicMTKNPT``); keyword overrides replace fields of ``options`` (validated)."""
+    ``IsotropicMTKNPT``); keyword overrides replace fields of ``options`` (validated).
+
+    Frames are recorded at step 0, every ``options.every`` steps and at the last step, once each;
+    their times start at ``atoms.info["time_fs"]`` when the structure has one (a restart). The
+    structure is refused first as :func:`nnpes.md.structure.check_structure` refuses it."""
     from nnpes.md.calculator import Calculator
 
     options = configure(options, **overrides)
+    check_steps(steps)
+    check_structure(atoms, potential, options)
     periodic = require_cell(options, bool(np.all(atoms.pbc)))
+    start_time = start_time_fs(atoms)
     atoms = atoms.copy()
     atoms.calc = Calculator(potential, dtype=options.dtype)
     atoms.set_momenta(initial_momenta(atoms, options.temperature_k, options.seed))
     dyn = ensemble(options).ase(atoms, options)
     compiled_before = compilation.count(*TRACED)
-    frames, t0 = [], time.perf_counter()
+    frames, recorded, t0 = [], [], time.perf_counter()
 
     def record():
-        frames.append(_frame(atoms, dyn, options, periodic))
+        # once per step: whether ASE's observers fire at step 0 (and how often) differs between versions
+        if recorded and recorded[-1] == dyn.nsteps:
+            return
+        recorded.append(dyn.nsteps)
+        frames.append(_frame(atoms, dyn, options, periodic, start_time))
         if callback is not None and dyn.nsteps > 0:
             callback(dyn.nsteps, steps)
 
-    dyn.attach(record, interval=options.every)  # ASE's observers also fire at step 0
+    record()
+    dyn.attach(record, interval=options.every)
     dyn.run(steps)
-    if steps % options.every:
-        record()
+    record()  # the last step, when it is not a multiple of every
     wall = time.perf_counter() - t0
     return md_result(
         dict(zip(COLUMNS, zip(*frames))),

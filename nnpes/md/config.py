@@ -7,6 +7,7 @@ thermostats are those of the table in :mod:`nnpes.md.ensembles`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -32,15 +33,16 @@ class MDConfig(BaseModel):
         pressure_bar: NPT target pressure, bar.
         tau_t_fs: thermostat time constant, fs (Langevin friction = 1/tau).
         tau_p_fs: barostat time constant, fs.
-        seed: initial velocities and Langevin noise.
+        seed: initial velocities and Langevin noise, 0 ≤ seed < 2³² (jax keys are 32-bit without x64).
         dtype: "float32" or "float64" (needs ``jax_enable_x64``).
         skin_a: neighbour-list skin, Å. capacity_multiplier: list headroom at allocation.
         every: record (and write) every this many steps.
 
     Construction raises :class:`nnpes.errors.ConfigError` (one line); so does :meth:`replace`.
+    NaN and infinite numbers are refused.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     ensemble: Literal[ENSEMBLE_NAMES] = "nve"  # type: ignore[valid-type]
     thermostat: Literal[THERMOSTATS] = "langevin"  # type: ignore[valid-type]
     dt_fs: float = Field(0.5, gt=0.0)
@@ -48,7 +50,7 @@ class MDConfig(BaseModel):
     pressure_bar: float = 1.01325
     tau_t_fs: float = Field(100.0, gt=0.0)
     tau_p_fs: float = Field(1000.0, gt=0.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     dtype: Literal["float32", "float64"] = "float32"
     skin_a: float = Field(DEFAULT_SKIN_A, ge=0.0)
     capacity_multiplier: float = Field(DEFAULT_CAPACITY_MULTIPLIER, gt=0.0)
@@ -58,7 +60,7 @@ class MDConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
-            raise ConfigError(describe(e)) from None
+            raise InvalidOption(e.errors()[0]) from None
 
     @field_validator("temperature_k")
     @classmethod
@@ -76,16 +78,38 @@ class MDConfig(BaseModel):
 MDOptions = MDConfig  # the name the API has always had
 
 
+class InvalidOption(ConfigError):
+    """What :class:`MDConfig` raises: the one-line message, and the offending pydantic error
+    (``first``) so that a caller can name the key its own way (:func:`from_options`)."""
+
+    def __init__(self, first: dict, names: Mapping[str, str] | None = None):
+        super().__init__(_describe_first(first, SOURCE, names))
+        self.first = first
+
+
 def configure(options: MDConfig | None = None, **overrides: Any) -> MDConfig:
     """``options`` (default: all defaults) with keyword overrides, validated."""
     return (options or MDConfig()).replace(**overrides)
 
 
-def describe(err: ValidationError, source: str = SOURCE) -> str:
-    """One line naming the first offending key."""
-    first = err.errors()[0]
+def from_options(names: Mapping[str, str], **data: Any) -> MDConfig:
+    """``MDConfig(**data)``, but an error names the offending key as ``names`` maps it, e.g.
+    ``{"dt_fs": "--dt"}`` for the CLI: ``--dt: Input should be greater than 0 (got -1.0)``."""
+    try:
+        return MDConfig(**data)
+    except InvalidOption as e:
+        raise InvalidOption(e.first, names) from None
+
+
+def describe(err: ValidationError, source: str = SOURCE, names: Mapping[str, str] | None = None) -> str:
+    """One line naming the first offending key (as ``names`` maps it, when it does)."""
+    return _describe_first(err.errors()[0], source, names)
+
+
+def _describe_first(first: dict, source: str, names: Mapping[str, str] | None) -> str:
     key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'; allowed: {', '.join(MDConfig.model_fields)}"
     message = first["msg"].removeprefix("Value error, ")
-    return f"{source}: key '{key}': {message} (got {first.get('input')!r})"
+    name = (names or {}).get(key)
+    return f"{name or f'{source}: key {key!r}'}: {message} (got {first.get('input')!r})"

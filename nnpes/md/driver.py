@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nnpes.errors import ConfigError
+from nnpes.md.structure import check_structure
 
 if TYPE_CHECKING:
     from nnpes.md.config import MDConfig
@@ -35,6 +36,13 @@ def choose_backend(potential: Potential, atoms, skin_a: float | None = None) -> 
     return "jax-md" if widths.min() >= 2.0 * (potential.cutoff + skin_a) else "ase"
 
 
+def check_steps(steps, name: str = "steps") -> int:
+    """``steps`` if it is a whole number ≥ 0, else a ConfigError naming ``name``."""
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
+        raise ConfigError(f"{name} must be a whole number ≥ 0, got {steps!r}")
+    return int(steps)
+
+
 def run_md(
     potential: Potential,
     atoms,
@@ -44,7 +52,12 @@ def run_md(
     callback: Callable[[int, int], None] | None = None,
 ) -> MDResult:
     """Simulate ``atoms`` for ``steps`` steps with jax-md, or with ASE when the cell is too small
-    for jax-md's minimum image (backend "auto"); "jax-md" or "ase" force one."""
+    for jax-md's minimum image (backend "auto"); "jax-md" or "ase" force one.
+
+    The structure is checked first, before anything compiles (:func:`nnpes.md.structure.check_structure`:
+    the frame checks of ``nnpes evaluate``, elements the model knows, the cell the ensemble needs);
+    a structure carrying ``atoms.info["time_fs"]`` (a frame written by ``nnpes md --out``) continues
+    its clock."""
     from nnpes.md.ase_backend import run_ase
     from nnpes.md.config import MDConfig
     from nnpes.md.jaxmd_simulation import simulation
@@ -53,6 +66,8 @@ def run_md(
     options = options or MDConfig()
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be auto, jax-md or ase, got {backend!r}")
+    check_steps(steps)
+    check_structure(atoms, potential, options)
     if backend == "auto":
         backend = choose_backend(potential, atoms, options.skin_a)
     if backend == "ase":

@@ -194,8 +194,9 @@ def ensemble(options: MDConfig) -> Ensemble:
     return ENSEMBLES.get((options.ensemble, options.thermostat)) or ENSEMBLES[(options.ensemble, None)]
 
 
-def require_cell(options: MDConfig, periodic: bool) -> bool:
-    """``periodic``, after refusing an ensemble that needs a periodic cell in a structure without one."""
+def require_cell(options: MDConfig, periodic: bool, at: str = "ase.Atoms") -> bool:
+    """``periodic``, after refusing an ensemble that needs a periodic cell in a structure without one
+    (``at``: the structure, named in the error)."""
     if ensemble(options).periodic and not periodic:
-        raise ConfigError(f"{options.ensemble} needs a cell periodic in all directions")
+        raise ConfigError(f"{at}: ensemble {options.ensemble} needs a cell periodic in all directions")
     return periodic

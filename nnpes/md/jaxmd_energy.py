@@ -189,7 +189,7 @@ def _list_functions(base, static_box, list_displacement, free: bool, cutoff: flo
         current = static_box if "box" not in kwargs else box_matrix(kwargs["box"])
         if not free:
             check_box(np.asarray(current), cutoff, skin)
-        with _quiet_jax_md():
+        with quiet_jax_md():
             nbrs = base.allocate(R, extra_capacity, **kwargs)
         return wrap(nbrs, current.astype(R.dtype), jnp.zeros((), bool))
 
@@ -205,7 +205,7 @@ def _list_functions(base, static_box, list_displacement, free: bool, cutoff: flo
             too_small = too_small | (jnp.min(box_widths(current)) < 2.0 * list_cutoff)
 
         def build(old):
-            with _quiet_jax_md():
+            with quiet_jax_md():
                 new = base.update(R, old, **kwargs)
             return wrap(new, current, too_small)
 
@@ -254,11 +254,20 @@ def _fractional_displacement(static_box):
 
 
 @contextlib.contextmanager
-def _quiet_jax_md():
-    """jax-md 0.2.29 scatters int64 indices into int32 arrays under x64 (harmless: indices < N²);
-    jax warns about it on every trace."""
+def quiet_jax_md():
+    """Silence two harmless warnings jax emits while jax-md's own code is traced.
+
+    * jax-md 0.2.29 scatters int64 indices into int32 arrays under x64 (indices < N²).
+    * ``jax_md.util.high_precision_sum`` (jax-md's kinetic energy, used inside its Nosé–Hoover
+      and NPT integrators) always asks ``jnp.sum`` for float64; without ``jax_enable_x64`` jax
+      truncates that to float32, the precision a float32 run asked for, with a UserWarning.
+      nnpes's own code never asks for float64 (the run loop computes its kinetic energy itself),
+      so only jax-md's calls are wrapped in this.
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="scatter inputs have incompatible types", category=FutureWarning)
+        if not jax.config.jax_enable_x64:
+            warnings.filterwarnings("ignore", message="Explicitly requested dtype float64", category=UserWarning)
         yield
 
 

@@ -18,7 +18,8 @@ from jax_md import space
 from nnpes.errors import ConfigError
 from nnpes.md.config import MDConfig, configure
 from nnpes.md.ensembles import Ensemble, ensemble, require_cell
-from nnpes.md.jaxmd_energy import energy_neighbor_list
+from nnpes.md.jaxmd_energy import energy_neighbor_list, quiet_jax_md
+from nnpes.md.structure import IN_MEMORY, check_structure, start_time_fs
 from nnpes.md.units import FS, KB
 from nnpes.md.velocities import initial_momenta
 from nnpes.potential import Potential
@@ -48,6 +49,7 @@ class Simulation:
     apply_fn: Callable
     dtype: np.dtype
     cutoff: float
+    start_time_fs: float = 0.0  # the start structure's clock (atoms.info["time_fs"]), fs
     _jitted: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -86,18 +88,19 @@ class Simulation:
         key = jax.random.PRNGKey(self.options.seed)
         p = self.momenta if momenta is None else momenta
         mass = jnp.asarray(self.masses, self.dtype)
-        return self.ensemble.start(
-            self.init_fn,
-            key,
-            self.positions,
-            self.box,
-            self.kT,
-            self.n_atoms,
-            mass=mass,
-            momenta=p,
-            neighbor=neighbor,
-            params=self.potential.params,
-        )
+        with quiet_jax_md():  # jax-md's thermostat chains sum in float64 (see quiet_jax_md)
+            return self.ensemble.start(
+                self.init_fn,
+                key,
+                self.positions,
+                self.box,
+                self.kT,
+                self.n_atoms,
+                mass=mass,
+                momenta=p,
+                neighbor=neighbor,
+                params=self.potential.params,
+            )
 
 
 def _periodic(atoms, options: MDConfig) -> bool:
@@ -105,7 +108,7 @@ def _periodic(atoms, options: MDConfig) -> bool:
     pbc = np.asarray(atoms.pbc, bool)
     if pbc.any() and not pbc.all():
         raise ConfigError(
-            f"jax-md needs a molecule or a cell periodic in all directions, got pbc={pbc.tolist()}: "
+            f"{IN_MEMORY}: jax-md needs a molecule or a cell periodic in all directions, got pbc={pbc.tolist()}: "
             "use the ASE path (nnpes md picks it)"
         )
     return require_cell(options, bool(pbc.all()))
@@ -130,12 +133,16 @@ def simulation(potential: Potential, atoms, options: MDConfig | None = None, **o
 
     Args:
         potential: the model. atoms: start structure (masses from ASE; its velocities are used
-            when it has any). options: :class:`MDConfig`; keyword overrides replace its fields
-            (validated).
+            when it has any; ``atoms.info["time_fs"]``, when there, is the time of its first
+            frame). options: :class:`MDConfig`; keyword overrides replace its fields (validated).
+
+    The structure is refused, before anything compiles, as :func:`nnpes.md.structure.check_structure`
+    refuses it (DataError, ModelError or ConfigError, one line).
     """
     from nnpes.md.calculator import resolve_dtype
 
     options = configure(options, **overrides)
+    check_structure(atoms, potential, options)
     dtype = resolve_dtype(options.dtype)
     periodic = _periodic(atoms, options)
     potential = potential.astype(dtype)
@@ -159,9 +166,11 @@ def simulation(potential: Potential, atoms, options: MDConfig | None = None, **o
         fractional_coordinates=periodic,
     )
     init_fn, apply_fn = ensemble(options).jaxmd(options, energy_fn, shift_fn)
+    start_time = start_time_fs(atoms)
     # fmt: off
     return Simulation(options=options, numbers=np.asarray(atoms.numbers), masses=atoms.get_masses(), periodic=periodic,
                       box=box, rotation=rotation, positions=R, momenta=jnp.asarray(momenta, dtype), potential=potential,
                       energy_fn=energy_fn, neighbor_fn=neighbor_fn, displacement_fn=displacement_fn, shift_fn=shift_fn,
-                      init_fn=init_fn, apply_fn=apply_fn, dtype=dtype, cutoff=potential.cutoff)
+                      init_fn=init_fn, apply_fn=apply_fn, dtype=dtype, cutoff=potential.cutoff,
+                      start_time_fs=start_time)
     # fmt: on

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax_md import quantity
 
 from nnpes import compilation
-from nnpes.md.jaxmd_energy import BoxTooSmallError, needs_reallocation
+from nnpes.md.driver import check_steps
+from nnpes.md.jaxmd_energy import BoxTooSmallError, needs_reallocation, quiet_jax_md
 from nnpes.md.jaxmd_simulation import Simulation
 from nnpes.md.results import MDResult, md_result
 from nnpes.md.units import BAR
@@ -34,7 +34,8 @@ def _observe_fn(sim: Simulation):
 
     def observe(state, nbrs, params):
         box = sim.current_box(state)
-        ekin = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
+        # not jax-md's quantity.kinetic_energy: it asks for a float64 sum, a warning in float32 runs
+        ekin = 0.5 * jnp.sum(state.momentum**2 / state.mass)
         if sim.periodic:
             volume = jnp.abs(jnp.linalg.det(box))
             U = lambda eps: sim.energy_fn(
@@ -76,7 +77,8 @@ def _functions(sim: Simulation, records_per_chunk: int):
         speed = jnp.sqrt(jnp.max(jnp.sum((state.momentum / state.mass) ** 2, axis=-1)))
         # the update precedes the step: leave room for twice the coming step's displacement
         nbrs = nbrs.update(state.position, margin=2.0 * dt * speed, **sim.box_kwargs(state))
-        return sim.apply_fn(state, neighbor=nbrs, params=params), nbrs
+        with quiet_jax_md():  # runs while tracing only (see quiet_jax_md)
+            return sim.apply_fn(state, neighbor=nbrs, params=params), nbrs
 
     def chunk(state, nbrs, params, n_steps):
         compilation.traced("md_chunk")  # runs only while tracing: one count per compilation
@@ -126,7 +128,7 @@ def _start(sim: Simulation, state, neighbor):
     return (sim.init_state(nbrs) if state is None else state), nbrs, reallocations
 
 
-def _columns(sim: Simulation, frames: list, steps: int) -> dict:
+def _columns(sim: Simulation, frames: list, steps: int, start_time_fs: float) -> dict:
     """The recorded frames of all chunks as :data:`nnpes.md.results.COLUMNS`, in the input frame."""
     every = sim.options.every
     cat = {k: np.concatenate([np.asarray(f[k], np.float64) for f in frames]) for k in frames[0]}
@@ -137,7 +139,7 @@ def _columns(sim: Simulation, frames: list, steps: int) -> dict:
     cells = np.swapaxes(cat["box"], 1, 2)  # columns → rows
     nan = np.full(n_frames, np.nan)
     return {
-        "time_fs": np.asarray(step_index, np.float64) * sim.options.dt_fs,
+        "time_fs": start_time_fs + np.asarray(step_index, np.float64) * sim.options.dt_fs,
         "positions": cat["positions"] @ q,
         "velocities": cat["velocities"] @ q,
         "forces": cat["forces"] @ q,
@@ -149,6 +151,16 @@ def _columns(sim: Simulation, frames: list, steps: int) -> dict:
     }
 
 
+def _check_box_kept(sim: Simulation, nbrs, done: int, n: int) -> None:
+    """Raise :class:`BoxTooSmallError` when an NPT box shrank below 2·(cutoff + skin) in a chunk."""
+    if bool(nbrs.box_too_small):
+        width = 2 * (sim.cutoff + sim.options.skin_a)
+        raise BoxTooSmallError(
+            f"the NPT box shrank below 2·(cutoff + skin) = {width:.2f} Å at step {done}–{done + n}: "
+            "use a larger supercell"
+        )
+
+
 def run(
     sim: Simulation,
     steps: int,
@@ -157,6 +169,7 @@ def run(
     neighbor=None,
     chunk_steps: int | None = None,
     callback: Callable[[int, int], None] | None = None,
+    start_time_fs: float | None = None,
 ) -> MDResult:
     """Run ``steps`` MD steps in jitted chunks, recording every ``sim.options.every`` steps.
 
@@ -168,6 +181,8 @@ def run(
             too small: overflows are caught and repaired.
         chunk_steps: steps per jitted chunk (rounded to a multiple of ``every``; default ≈ 200).
         callback: called as callback(steps_done, steps) after each accepted chunk.
+        start_time_fs: time of the first frame, fs (default: the start structure's, ``sim.start_time_fs``;
+            pass ``result.time_fs[-1]`` when continuing from ``result.state``).
 
     Returns:
         :class:`MDResult`; its ``state`` and ``neighbor`` continue the run.
@@ -177,6 +192,7 @@ def run(
     (times ``capacity_multiplier``) and the chunk recomputed, so the trajectory equals one run
     with a large enough list from the start.
     """
+    check_steps(steps)
     every = sim.options.every
     records = max(1, math.ceil((max(every, 200) if chunk_steps is None else chunk_steps) / every))
     chunk_steps = records * every  # chunks start on recorded steps
@@ -193,12 +209,7 @@ def run(
         compiled, t0 = compilation.count(*TRACED), time.perf_counter()
         new_state, new_nbrs, out = chunk_fn(state, nbrs, params, n)
         jax.block_until_ready(new_state.position)
-        if bool(new_nbrs.box_too_small):
-            width = 2 * (sim.cutoff + sim.options.skin_a)
-            raise BoxTooSmallError(
-                f"the NPT box shrank below 2·(cutoff + skin) = {width:.2f}"
-                f" Å at step {done}–{done + n}: use a larger supercell"
-            )
+        _check_box_kept(sim, new_nbrs, done, n)
         if needs_reallocation(new_nbrs):
             attempt, reallocations = attempt + 1, reallocations + 1
             nbrs = _reallocate(sim, state, nbrs, new_state, attempt)
@@ -213,7 +224,7 @@ def run(
             callback(done, steps)
     wall = time.perf_counter() - t_start
     return md_result(
-        _columns(sim, frames, steps),
+        _columns(sim, frames, steps, sim.start_time_fs if start_time_fs is None else float(start_time_fs)),
         numbers=sim.numbers,
         pbc=np.full(3, sim.periodic),
         options=sim.options,

@@ -167,8 +167,9 @@ class ProgressBar(Callback):
         budget = f"; time budget {info.time_budget_s:g} s" if info.time_budget_s else ""
         self.log(
             f"nnpes train: {info.workdir}: {info.n_train} train / {info.n_validation} validation / {info.n_test} test "
-            f"frames; {info.statistics}; {info.n_devices} {info.platform} device(s); {len(info.bucket_shapes)} batch shape(s)"
-            f"{budget}; " + (f"resuming from step {step}" if step else "starting at step 0")
+            f"frames; {info.statistics}; {info.n_devices} {info.platform} device(s); "
+            f"{len(info.bucket_shapes)} batch shape(s){budget}; "
+            + (f"resuming from step {step}" if step else "starting at step 0")
         )
 
     def on_step(self, step: int, metrics: dict) -> None:

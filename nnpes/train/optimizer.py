@@ -27,8 +27,9 @@ def run_progress(step: int, total_steps: int, elapsed_s: float, budget_s: float 
 
 def learning_rate_at(cfg: OptimizerConfig, step: int, total_steps: int, progress: float | None = None) -> float:
     """The learning rate of ``step``: linear warm-up from lr/100 to lr over ``warmup_steps``, then
-    constant ("constant", "plateau": the plateau factor is applied by the optimiser) or a cosine
-    from lr to ``min_learning_rate_factor``·lr.
+    constant ("constant", "plateau": the plateau factor is applied by the optimiser), a cosine
+    from lr to ``min_learning_rate_factor``·lr ("cosine"), or warm-up–stable–decay ("wsd": lr
+    until the last ``decay_fraction`` of the run, then a cosine down to the same floor).
 
     Args:
         cfg: the optimiser section.
@@ -41,19 +42,21 @@ def learning_rate_at(cfg: OptimizerConfig, step: int, total_steps: int, progress
     warm = min(cfg.warmup_steps, max(total_steps - 1, 0))
     if step < warm:
         return lr / 100 + (lr - lr / 100) * step / warm
-    if cfg.schedule != "cosine":
+    if cfg.schedule not in ("cosine", "wsd"):
         return lr
     q = (step - warm) / max(total_steps - warm, 1)
     if progress is not None:
         q = max(q, progress)
     q = min(max(q, 0.0), 1.0)
+    if cfg.schedule == "wsd":  # stable, then the cosine compressed into the last decay_fraction
+        q = max(0.0, (q - (1.0 - cfg.decay_fraction)) / cfg.decay_fraction)
     alpha = cfg.min_learning_rate_factor
     return lr * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * q)) + alpha)
 
 
 def learning_rate_floor(cfg: OptimizerConfig) -> float:
     """The rate the schedule ends at (before any plateau reduction)."""
-    return cfg.learning_rate * (cfg.min_learning_rate_factor if cfg.schedule == "cosine" else 1.0)
+    return cfg.learning_rate * (cfg.min_learning_rate_factor if cfg.schedule in ("cosine", "wsd") else 1.0)
 
 
 def make_optimizer(cfg: OptimizerConfig, steps_per_epoch: int) -> optax.GradientTransformation:

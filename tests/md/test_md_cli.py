@@ -78,8 +78,8 @@ def test_cli_md_writes_trajectory_thermo_and_json(chno_potential, ethanol, tmp_p
         "volume_a3",
     )
     assert thermo["time_fs"][-1] == pytest.approx(500.0)
-    # the trajectory restarts a run: its last frame, velocities included, is the new start
-    restart = tmp_path / "restart.json"
+    # the trajectory restarts a run: its last frame, velocities and clock included, is the new start
+    restart, restart_log = tmp_path / "restart.json", tmp_path / "restart.csv"
     args = parser.parse_args(
         [
             "md",
@@ -99,10 +99,13 @@ def test_cli_md_writes_trajectory_thermo_and_json(chno_potential, ethanol, tmp_p
             "ase",
             "--json",
             str(restart),
+            "--log",
+            str(restart_log),
         ]
     )
     assert args.func(args) == 0
     assert json.loads(restart.read_text())["drift_mev_per_atom_per_ps"] is None
+    np.testing.assert_allclose(np.genfromtxt(restart_log, delimiter=",", names=True)["time_fs"], [500, 501.25, 502.5])
 
 
 def test_cli_md_user_errors_are_nnpes_errors(chno_potential, tmp_path):
@@ -133,4 +136,4 @@ def test_cli_md_bad_option_is_a_one_line_config_error(chno_potential, ethanol, t
     ase.io.write(start, ethanol)
     assert nnpes.cli.main(["md", str(model_dir), str(start), "--dt", "-1", "--steps", "1"]) == 2
     err = capsys.readouterr().err
-    assert err == "nnpes md: error: md: key 'dt_fs': Input should be greater than 0 (got -1.0)\n"
+    assert err == "nnpes md: error: --dt: Input should be greater than 0 (got -1.0)\n"
