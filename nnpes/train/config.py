@@ -55,9 +55,9 @@ class OptimizerConfig(BaseModel):
     learning_rate: float = Field(5e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "cosine", "wsd", "plateau"] = "cosine"
+    schedule: Literal["constant", "cosine", "wsd", "plateau"] = "wsd"
     min_learning_rate_factor: float = Field(0.01, ge=0.0, le=1.0)
-    decay_fraction: float = Field(0.2, gt=0.0, le=1.0, description="wsd: the final part of the run that decays")
+    decay_fraction: float = Field(0.25, gt=0.0, le=1.0, description="wsd: the final part of the run that decays")
     plateau_patience_epochs: int = Field(10, ge=1)
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
     grad_clip: float | None = Field(10.0, gt=0.0)

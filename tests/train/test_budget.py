@@ -42,8 +42,16 @@ class FakeClock:
         return self.t
 
 
+def test_wsd_holds_the_peak_then_decays_over_the_last_part_of_the_budget():
+    cfg = OptimizerConfig(learning_rate=0.01, schedule="wsd", decay_fraction=0.25, min_learning_rate_factor=0.1)
+    assert learning_rate_at(cfg, 10, 100, run_progress(10, 100, 70.0, 100.0)) == pytest.approx(0.01)
+    mid = learning_rate_at(cfg, 10, 100, run_progress(10, 100, 87.5, 100.0))  # half-way through the decay
+    assert mid == pytest.approx(0.01 * (0.9 * 0.5 + 0.1))
+    assert learning_rate_at(cfg, 10, 100, 1.0) == pytest.approx(learning_rate_floor(cfg))
+
+
 def test_schedule_without_budget_is_the_step_cosine():
-    cfg = OptimizerConfig(learning_rate=0.01, warmup_steps=10, min_learning_rate_factor=0.1)
+    cfg = OptimizerConfig(learning_rate=0.01, warmup_steps=10, min_learning_rate_factor=0.1, schedule="cosine")
     assert learning_rate_at(cfg, 0, 110) == pytest.approx(1e-4)
     assert learning_rate_at(cfg, 10, 110) == pytest.approx(0.01)
     assert learning_rate_at(cfg, 60, 110) == pytest.approx(0.01 * (0.9 * 0.5 + 0.1))
