@@ -67,7 +67,8 @@ def _steps(s: Session, state: TrainState, stop_reason: str) -> tuple[TrainState,
             break
         s.learning_rate = s.learning_rate_now(step)
         new_state, m = s.step_fn(state, batch(s, epoch, b), np.asarray(s.learning_rate, np.float32))
-        state, step, s.current = new_state, step + 1, new_state  # one statement: an interrupt never splits them
+        state, step = new_state, step + 1
+        s.current = new_state  # what an interrupt saves: always a completed step (old or new)
         if step % 10 == 0 or step == s.total_steps or b == s.steps_per_epoch - 1:
             train_loss = float(m["loss"])
             if not math.isfinite(train_loss):
