@@ -64,8 +64,9 @@ def energy_scale(frames: Sequence[Frame], atomic_numbers: Sequence[int], e0: np.
     labelled energies (eV/atom), else 1."""
     if any(f.forces is not None for f in frames):
         return force_rms(frames), "force RMS"
-    table = {int(z): float(e) for z, e in zip(atomic_numbers, np.asarray(e0, np.float64))}
-    residual = [(f.energy - sum(table[int(z)] for z in f.numbers)) / f.n_atoms for f in frames if f.energy is not None]
+    table = np.zeros(119)
+    table[np.asarray(atomic_numbers)] = np.asarray(e0, np.float64)
+    residual = [(f.energy - table[f.numbers].sum()) / f.n_atoms for f in frames if f.energy is not None]
     if not residual:
         return 1.0, "default: no energies or forces labelled"
     rms = float(np.sqrt(np.mean(np.square(residual))))
