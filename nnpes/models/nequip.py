@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from pydantic import AfterValidator, Field
 
-from nnpes.models.base import EnvelopeOrder, PositiveInt, SiteModel, Widths
+from nnpes.models.base import EnvelopeOrder, NonNegativeInt, PositiveFloat, PositiveInt, SiteModel, Widths
 from nnpes.models.blocks import MLP
 from nnpes.models.radial import bessel_basis, polynomial_envelope
 
@@ -42,15 +42,61 @@ def hidden_irreps_for(channels: int, l_max: int, parity: bool) -> e3nn.Irreps:
     return e3nn.Irreps("+".join(irreps))
 
 
+def edge_chunk_size(n_edge: int, bytes_per_edge: int, edge_chunk: int | None, memory_mb: float) -> int:
+    """Edges per step of the interaction's edge loop (0: all edges in one pass).
+
+    ``edge_chunk`` when given; otherwise the largest chunk whose per-edge intermediates fit in
+    ``memory_mb`` MB, balanced so that the last chunk is nearly full (padding < one edge per
+    chunk). Only the order of summation depends on it, never the function."""
+    if edge_chunk is not None:
+        return 0 if edge_chunk <= 0 or edge_chunk >= n_edge else int(edge_chunk)
+    fit = max(64, int(memory_mb * 2**20 // max(bytes_per_edge, 1)))
+    if n_edge <= fit:
+        return 0
+    n_chunk = -(-n_edge // fit)
+    return -(-n_edge // n_chunk)
+
+
+class EdgeMessages(nn.Module):
+    """Messages of a set of edges (tensor product of the sender's features with Y_l(r̂), times
+    a radial MLP's weight per output irrep) added onto their receivers' accumulator.
+
+    A module of its own so that :class:`Interaction` can run it once over all edges or scanned
+    over edge chunks (rematerialised in the backward pass) with the same parameters."""
+
+    radial_features: tuple[int, ...]
+    filter_irreps: e3nn.Irreps
+    sh_irreps: e3nn.Irreps
+
+    @nn.compact
+    def __call__(self, acc, h, edges):
+        """acc (N, D) per-atom sums; h (N,) sender features; edges = (Y_l(r̂) (B, sh dim) array,
+        radial basis (B, R), mask (B,), senders (B,), receivers (B,)). Returns (acc, None)."""
+        sh, radial, mask, senders, receivers = edges
+        sh = e3nn.IrrepsArray(self.sh_irreps, sh)
+        messages = e3nn.tensor_product(h[senders], sh, filter_ir_out=self.filter_irreps)
+        mlp = MLP(tuple(self.radial_features) + (messages.irreps.num_irreps,), use_bias=False, layer_prefix="Dense")
+        nn.share_scope(self, mlp)  # parameter names radial/Dense_<i>: those of saved models
+        weights = mlp(radial) * mask[:, None].astype(radial.dtype)
+        messages = messages * weights
+        return acc.at[receivers].add(messages.array), None
+
+
 class Interaction(nn.Module):
     """One convolution: tensor product of neighbour features with Y_l(r̂), weighted by a radial
     MLP, summed over neighbours and normalised by the average neighbour count, then a gated
-    non-linearity and a species-dependent self-interaction added as a residual."""
+    non-linearity and a species-dependent self-interaction added as a residual.
+
+    With a chunk size (``edge_chunk``, or chosen from ``edge_memory_mb`` when None) the edges are visited ``edge_chunk`` at a time by a scan that adds
+    each chunk's messages into the per-atom sum and recomputes them in the backward pass, so no
+    (edges × features) array is ever held: memory O(N·features + chunk·features)."""
 
     target_irreps: e3nn.Irreps
     avg_num_neighbors: float
     num_species: int
     radial_features: tuple[int, ...]
+    edge_chunk: int | None = 0
+    edge_memory_mb: float = 64.0
 
     @nn.compact
     def __call__(self, x, species, sh, radial, edge_mask, senders, receivers):
@@ -64,17 +110,38 @@ class Interaction(nn.Module):
             target, num_indexed_weights=self.num_species, force_irreps_out=True, name="self_connection"
         )(species, x)
         h = e3nn.flax.Linear(x.irreps, name="linear_up")(x)
-        messages = e3nn.tensor_product(h[senders], sh, filter_ir_out=gate_in.regroup())
-        # parameter names Dense_<i>: those of saved models
-        weights = MLP(
-            tuple(self.radial_features) + (messages.irreps.num_irreps,),
-            use_bias=False,
-            layer_prefix="Dense",
-            name="radial",
-        )(radial)
-        messages = messages * (weights * edge_mask[:, None].astype(weights.dtype))
-        agg = e3nn.scatter_sum(messages, dst=receivers, output_size=x.shape[0])
-        agg = agg / jnp.sqrt(self.avg_num_neighbors).astype(agg.dtype)
+        filter_irreps = gate_in.regroup()
+        msg_irreps = e3nn.tensor_product(
+            e3nn.zeros(h.irreps), e3nn.zeros(sh.irreps), filter_ir_out=filter_irreps
+        ).irreps
+        acc = jnp.zeros((x.shape[0], msg_irreps.dim), h.dtype)
+        edges = (sh.array, radial, edge_mask, senders, receivers)
+        n_edge = senders.shape[0]
+        # per-edge intermediates: gathered features, messages (product, weighted, cotangent), weights
+        per_edge = h.dtype.itemsize * (h.irreps.dim + 3 * msg_irreps.dim + 2 * msg_irreps.num_irreps)
+        per_edge += h.dtype.itemsize * 2 * sum(self.radial_features)
+        chunk = edge_chunk_size(n_edge, per_edge, self.edge_chunk, self.edge_memory_mb)
+        if chunk == 0:
+            acc, _ = EdgeMessages(self.radial_features, filter_irreps, sh.irreps, name="radial")(acc, h, edges)
+        else:
+            n_chunk = -(-n_edge // chunk)
+            pad = n_chunk * chunk - n_edge
+
+            def chunked(a):  # (E, ...) -> (n_chunk, chunk, ...); padding edges are masked off
+                a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
+                return a.reshape((n_chunk, chunk) + a.shape[1:])
+
+            scan = nn.scan(
+                nn.remat(EdgeMessages, prevent_cse=False),
+                variable_broadcast="params",
+                split_rngs={"params": False},
+                in_axes=(nn.broadcast, 0),
+                length=n_chunk,
+            )
+            acc, _ = scan(self.radial_features, filter_irreps, sh.irreps, name="radial")(
+                acc, h, tuple(chunked(a) for a in edges)
+            )
+        agg = e3nn.IrrepsArray(msg_irreps, acc) / jnp.sqrt(self.avg_num_neighbors).astype(acc.dtype)
         y = e3nn.flax.Linear(gate_in, force_irreps_out=True, name="linear_down")(agg)
         y = e3nn.gate(y, even_act=jax.nn.silu, odd_act=jnp.tanh, even_gate_act=jax.nn.silu, odd_gate_act=jnp.tanh)
         return y + self_connection
@@ -93,6 +160,11 @@ class NequIP(SiteModel):
         envelope_p: order of the polynomial cutoff envelope.
         readout_features: hidden width of the site-energy readout.
         hidden_irreps: explicit hidden irreps (e.g. "32x0e+32x1o+32x1e"), overriding channels/l_max/parity.
+        edge_chunk: edges per step of the loop that sums messages onto atoms (their
+            intermediates are recomputed in the backward pass, so memory grows with atoms, not
+            with edges × features); 0: all edges in one pass; None: chosen from the number of
+            edges and ``edge_memory_mb``. Only the order of summation depends on it.
+        edge_memory_mb: MB of per-edge intermediates one step may hold when edge_chunk is None.
     Filled in by :meth:`nnpes.Potential.create` (do not set by hand):
         cutoff (Å), num_species, avg_num_neighbors (of the training data).
 
@@ -111,6 +183,8 @@ class NequIP(SiteModel):
     envelope_p: EnvelopeOrder = 6
     readout_features: PositiveInt = 16
     hidden_irreps: Annotated[str, AfterValidator(_check_hidden_irreps)] | None = None
+    edge_chunk: NonNegativeInt | None = None
+    edge_memory_mb: PositiveFloat = 64.0
 
     @property
     def receptive_hops(self) -> int:
@@ -137,9 +211,15 @@ class NequIP(SiteModel):
             last = i == self.num_layers - 1
             # the last block only needs the scalars the readout reads
             target = hidden.filter(keep=["0e"]) if last else hidden
-            x = Interaction(target, self.avg_num_neighbors, self.num_species, self.radial_features, name=f"layer_{i}")(
-                x, species, sh, radial, edge_mask, senders, receivers
-            )
+            x = Interaction(
+                target,
+                self.avg_num_neighbors,
+                self.num_species,
+                self.radial_features,
+                self.edge_chunk,
+                self.edge_memory_mb,
+                name=f"layer_{i}",
+            )(x, species, sh, radial, edge_mask, senders, receivers)
         x = e3nn.flax.Linear(f"{self.readout_features}x0e", name="readout_hidden")(x.filter(keep=["0e"]))
         x = e3nn.IrrepsArray(x.irreps, jax.nn.silu(x.array))
         x = e3nn.flax.Linear("0e", name="readout")(x)

@@ -33,6 +33,8 @@ BAD_VALUES = {
         "envelope_p": 0,
         "readout_features": 0,
         "hidden_irreps": "8x1o",
+        "edge_chunk": -1,
+        "edge_memory_mb": 0.0,
     },
     "behler_parrinello": {
         "num_radial": 0,
