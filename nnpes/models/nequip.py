@@ -87,9 +87,10 @@ class Interaction(nn.Module):
     MLP, summed over neighbours and normalised by the average neighbour count, then a gated
     non-linearity and a species-dependent self-interaction added as a residual.
 
-    With a chunk size (``edge_chunk``, or chosen from ``edge_memory_mb`` when None) the edges are visited ``edge_chunk`` at a time by a scan that adds
-    each chunk's messages into the per-atom sum and recomputes them in the backward pass, so no
-    (edges × features) array is ever held: memory O(N·features + chunk·features)."""
+    With a chunk size (``edge_chunk``, or chosen from ``edge_memory_mb`` when None) the edges
+    are visited a chunk at a time by a scan that adds each chunk's messages into the per-atom
+    sums and recomputes them in the backward pass, so no
+(edges × features) array is ever held: memory O(N·features + chunk·features)."""
 
     target_irreps: e3nn.Irreps
     avg_num_neighbors: float
