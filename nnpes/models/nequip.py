@@ -89,8 +89,8 @@ class Interaction(nn.Module):
 
     With a chunk size (``edge_chunk``, or chosen from ``edge_memory_mb`` when None) the edges
     are visited a chunk at a time by a scan that adds each chunk's messages into the per-atom
-    sums and recomputes them in the backward pass, so no
-(edges × features) array is ever held: memory O(N·features + chunk·features)."""
+    sums and recomputes them in the backward pass, so no (edges × features) array is ever held:
+    memory O(N·features + chunk·features)."""
 
     target_irreps: e3nn.Irreps
     avg_num_neighbors: float
