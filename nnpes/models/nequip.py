@@ -17,6 +17,7 @@ from pydantic import AfterValidator, Field
 from nnpes.models.base import EnvelopeOrder, NonNegativeInt, PositiveFloat, PositiveInt, SiteModel, Widths
 from nnpes.models.blocks import MLP
 from nnpes.models.radial import bessel_basis, polynomial_envelope
+from nnpes.models.tensor_products import scale_irreps, sh_tensor_product
 
 
 def _check_hidden_irreps(value: str) -> str:
@@ -74,11 +75,11 @@ class EdgeMessages(nn.Module):
         radial basis (B, R), mask (B,), senders (B,), receivers (B,)). Returns (acc, None)."""
         sh, radial, mask, senders, receivers = edges
         sh = e3nn.IrrepsArray(self.sh_irreps, sh)
-        messages = e3nn.tensor_product(h[senders], sh, filter_ir_out=self.filter_irreps)
+        messages = sh_tensor_product(h[senders], sh, self.filter_irreps)
         mlp = MLP(tuple(self.radial_features) + (messages.irreps.num_irreps,), use_bias=False, layer_prefix="Dense")
         nn.share_scope(self, mlp)  # parameter names radial/Dense_<i>: those of saved models
         weights = mlp(radial) * mask[:, None].astype(radial.dtype)
-        messages = messages * weights
+        messages = scale_irreps(messages, weights)
         return acc.at[receivers].add(messages.array), None
 
 
