@@ -47,7 +47,7 @@ def time_energy_forces(potential, batch, repeats: int) -> tuple[dict, dict]:
     """Compile nnpes' energy + forces for one padded batch and time it.
 
     Returns (the output of the first call, {padded_edges, compile_s, step_ms (median),
-    step_ms_all}); times in s and ms, of the compiled call alone.
+    step_ms_all, flops (XLA's count for one call)}); times in s and ms, of the compiled call alone.
     """
     import jax
 
@@ -56,11 +56,23 @@ def time_energy_forces(potential, batch, repeats: int) -> tuple[dict, dict]:
     start = time.perf_counter()
     compiled = evaluate.lower(potential, batch, compute_stress=False).compile()
     compile_s = time.perf_counter() - start
+    flops = flop_count(compiled)
     out = jax.block_until_ready(compiled(potential, batch))
     step_ms, times = median_ms(lambda: jax.block_until_ready(compiled(potential, batch)), repeats)
     timing = {"padded_edges": int(batch.senders.shape[0]), "compile_s": compile_s, "step_ms": step_ms,
-              "step_ms_all": times}  # fmt: skip
+              "step_ms_all": times, "flops": flops}  # fmt: skip
     return out, timing
+
+
+def flop_count(compiled) -> float | None:
+    """FLOPs of one call of a compiled function, from XLA's cost analysis (None if unavailable)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops else None
 
 
 def peak_rss_mb() -> float:

@@ -9,6 +9,12 @@ Cases (each × every size):
     jaxmd-peer     jax_md.energy.nequip_neighbor_list with the same hyper-parameters
                    (graph_net_steps 3, hidden_irreps "32x0e + 32x1o + 32x1e", sh_irreps
                    "1x0e + 1x1o", num_basis 8, radial 2×64, r_max 5 Å).
+    nnpes-peer-l2, jaxmd-peer-l2
+                   the same two with hidden irreps 32x0e+32x1o+32x1e+32x2e+32x2o and
+                   spherical harmonics l ≤ 2 on both sides.
+    peak           not a model: a jitted 4096² float32 matmul, this machine's attainable
+                   FLOP/s; every case's achieved FLOP/s (XLA's cost analysis of the compiled
+                   call / step time) is reported as a fraction of it.
 
 What is timed, per case: the host neighbour list (nnpes: vesin + padding into a GraphsTuple;
 jax-md: ``neighbor_fn.allocate``), reported apart; the compile time of the jitted energy +
@@ -16,12 +22,17 @@ forces function (lower + compile); the steady-state time of that compiled call (
 --repeats calls after a warm-up) on the prebuilt padded graph (nnpes ``physics.evaluate``
 without stress) or prebuilt neighbour list (jax-md ``jit(value_and_grad(energy_fn))``).
 
+With three or more sizes of one case, the run also fits peak RSS = intercept + slope·atoms
+(least squares; slope in KB per atom) and step time ∝ atoms^exponent (log-log fit).
+
 Every case runs in its own subprocess under a wall-clock timeout and an address-space limit
 (resource.setrlimit), so an out-of-memory or failing case is recorded as "oom", "timeout" or
 "error: ..." and the run goes on. Results: a table on stdout and JSON (--json).
 
 Usage:
-    python benchmarks/speed.py --sizes 108 256 --json benchmarks/results/speed.json
+    python benchmarks/speed.py --sizes 256 2048 --json benchmarks/results/speed.json
+    python benchmarks/speed.py --cases nnpes-default --sizes 2048 8788 32000 108000 \
+        --memory-gb 16 --repeats 3 --json benchmarks/results/scaling.json
 """
 
 from __future__ import annotations
@@ -34,21 +45,26 @@ import platform
 import sys
 import time
 
-from _harness import emit, fmt, median_ms, peak_rss_mb, run_limited, time_energy_forces, worker_command
+from _harness import emit, flop_count, fmt, median_ms, peak_rss_mb, run_limited, time_energy_forces, worker_command
 
-CASES = ("nnpes-default", "nnpes-peer", "jaxmd-peer")
+CASES = ("peak", "nnpes-default", "nnpes-peer", "jaxmd-peer", "nnpes-peer-l2", "jaxmd-peer-l2")
 SIZES = (108, 256, 864, 2048)  # fcc Cu: 4·n³ atoms for n = 3, 4, 6, 8
 LATTICE_A = 3.6  # Å
 CUTOFF_A = 5.0
 RATTLE_A = 0.05  # Å, so that forces are not zero by symmetry
-PEER_IRREPS = "32x0e+32x1o+32x1e"
+PEER_IRREPS = {"": "32x0e+32x1o+32x1e", "-l2": "32x0e+32x1o+32x1e+32x2e+32x2o"}
+PEER_SH = {"": "1x0e + 1x1o", "-l2": "1x0e + 1x1o + 1x2e"}
+PEAK_N = 4096  # matmul size of the attainable-FLOP/s case
 
 DIFFERENCES = [
     "messages: nnpes divides by sqrt(avg_num_neighbors), jax-md by n_neighbors (numerics only, same cost)",
     "radial basis: nnpes Bessel x polynomial envelope (p=6); jax-md Bessel with trainable frequencies x "
     "its multiplicative isotropic cutoff (inner 4.5 A, outer 5 A)",
-    "tensor product: nnpes e3nn.tensor_product then one radial weight per output irrep; jax-md legacy "
-    "FunctionalTensorProduct in 'uvu' mode with one radial weight per path",
+    "tensor product: nnpes contracts Y_l with the Clebsch-Gordan tensor, then the channels (equal to "
+    "e3nn.tensor_product), one radial weight per output irrep; jax-md legacy FunctionalTensorProduct in "
+    "'uvu' mode with one radial weight per path (the same weights)",
+    "edges: nnpes sums messages over edge chunks (scan, recomputed in the backward pass, "
+    "NequIP.edge_memory_mb); jax-md all edges at once",
     "last layer: nnpes computes only the scalars the readout reads; jax-md computes all hidden irreps",
     "readout: nnpes 16x0e -> SiLU -> 0e; jax-md 16x0e -> 0e (no non-linearity)",
     "padding: nnpes pads edges to a bucket (<= 25 %); jax-md's sparse list has capacity 1.25 x occupancy",
@@ -78,11 +94,17 @@ def run_nnpes(case: str, atoms, repeats: int) -> dict:
     from nnpes.data.graph import batch_graphs, frame_to_graph
     from nnpes.data.io import frame_from_atoms
     from nnpes.models import NequIP
+    from nnpes.physics import evaluate
 
     model = (
         NequIP()
         if case == "nnpes-default"
-        else NequIP(num_layers=3, hidden_irreps=PEER_IRREPS, num_basis=8, radial_features=(64, 64))
+        else NequIP(
+            num_layers=3,
+            hidden_irreps=PEER_IRREPS[case.removeprefix("nnpes-peer")],
+            num_basis=8,
+            radial_features=(64, 64),
+        )
     )
     frame = frame_from_atoms(atoms, source="benchmark")
 
@@ -97,6 +119,10 @@ def run_nnpes(case: str, atoms, repeats: int) -> dict:
     batch = jax.device_put(batch)
 
     out, timing = time_energy_forces(potential, batch, repeats)
+    # XLA's cost analysis counts a loop body once: count the FLOPs of the same function in one
+    # pass over the edges (compiled, never run), i.e. without the backward pass's recomputation
+    one_pass = potential.replace(model=potential.model.clone(edge_chunk=0))
+    timing["flops"] = flop_count(evaluate.lower(one_pass, batch, compute_stress=False).compile())
     forces = np.asarray(out["forces"][: len(atoms)])
     return {
         "edges": int(graph.n_edge),
@@ -107,7 +133,20 @@ def run_nnpes(case: str, atoms, repeats: int) -> dict:
     }
 
 
-def run_jaxmd(atoms, repeats: int) -> dict:
+def run_peak(repeats: int) -> dict:
+    """Attainable float32 FLOP/s of this machine: a jitted PEAK_N² matmul."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (PEAK_N, PEAK_N), jnp.float32)
+    matmul = jax.jit(jnp.dot).lower(a, a).compile()
+    jax.block_until_ready(matmul(a, a))
+    step_ms, times = median_ms(lambda: jax.block_until_ready(matmul(a, a)), repeats)
+    flops = 2.0 * PEAK_N**3
+    return {"step_ms": step_ms, "step_ms_all": times, "flops": flops, "gflop_s": flops / step_ms / 1e6}
+
+
+def run_jaxmd(case: str, atoms, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -121,8 +160,9 @@ def run_jaxmd(atoms, repeats: int) -> dict:
 
     cfg = nequip.default_config()
     cfg.graph_net_steps = 3
-    cfg.hidden_irreps = "32x0e + 32x1o + 32x1e"
-    cfg.sh_irreps = "1x0e + 1x1o"
+    suffix = case.removeprefix("jaxmd-peer")
+    cfg.hidden_irreps = " + ".join(PEER_IRREPS[suffix].split("+"))
+    cfg.sh_irreps = PEER_SH[suffix]
     cfg.num_basis = 8
     cfg.r_max = CUTOFF_A
     cfg.radial_net_n_hidden = 64
@@ -149,6 +189,7 @@ def run_jaxmd(atoms, repeats: int) -> dict:
     start = time.perf_counter()
     compiled = value_and_grad.lower(params, positions, nbrs).compile()
     compile_s = time.perf_counter() - start
+    flops = flop_count(compiled)
     e, grad = jax.block_until_ready(compiled(params, positions, nbrs))
     step_ms, times = median_ms(lambda: jax.block_until_ready(compiled(params, positions, nbrs)), repeats)
     return {
@@ -160,12 +201,18 @@ def run_jaxmd(atoms, repeats: int) -> dict:
         "step_ms_all": times,
         "energy_ev": float(e),
         "max_force_ev_a": float(np.abs(np.asarray(grad)).max()),
+        "flops": flops,
     }
 
 
 def worker(case: str, n_atoms: int, repeats: int) -> None:
-    atoms = copper(n_atoms)
-    result = run_jaxmd(atoms, repeats) if case.startswith("jaxmd") else run_nnpes(case, atoms, repeats)
+    if case == "peak":
+        result = run_peak(repeats)
+    else:
+        atoms = copper(n_atoms)
+        result = run_jaxmd(case, atoms, repeats) if case.startswith("jaxmd") else run_nnpes(case, atoms, repeats)
+        if result.get("flops"):
+            result["gflop_s"] = result["flops"] / result["step_ms"] / 1e6
     result["peak_rss_mb"] = peak_rss_mb()
     emit(result)
 
@@ -176,18 +223,62 @@ def run_case(case: str, n_atoms: int, args) -> dict:
     return {"case": case, "atoms": n_atoms, **run_limited(cmd, args.timeout, args.memory_gb)}
 
 
+def peer_of(case: str) -> str | None:
+    """The jax-md case an nnpes case is compared with."""
+    if case == "nnpes-peer-l2":
+        return "jaxmd-peer-l2"
+    return "jaxmd-peer" if case.startswith("nnpes") else None
+
+
+def derive(results: list[dict]) -> None:
+    """Add ratio_vs_jaxmd (step time / the jax-md case's, same structure) and fraction_of_peak."""
+    peak = next((r for r in results if r["case"] == "peak" and r["status"] == "ok"), None)
+    for r in results:
+        if r["status"] != "ok" or r["case"] == "peak":
+            continue
+        peer = next((p for p in results if p["case"] == peer_of(r["case"]) and p["atoms"] == r["atoms"]), None)
+        if peer and peer["status"] == "ok":
+            r["ratio_vs_jaxmd"] = r["step_ms"] / peer["step_ms"]
+        if peak and r.get("gflop_s"):
+            r["fraction_of_peak"] = r["gflop_s"] / peak["gflop_s"]
+
+
+def fits(results: list[dict]) -> dict:
+    """Per case with ≥ 3 sizes: peak RSS = intercept + slope·atoms, step ms ∝ atoms^exponent."""
+    import numpy as np
+
+    out = {}
+    for case in dict.fromkeys(r["case"] for r in results):
+        ok = [r for r in results if r["case"] == case and r["status"] == "ok" and r.get("atoms")]
+        if len(ok) < 3:
+            continue
+        n = np.array([r["atoms"] for r in ok], float)
+        rss = np.array([r["peak_rss_mb"] for r in ok], float)
+        slope, intercept = np.polyfit(n, rss, 1)
+        exponent, _ = np.polyfit(np.log(n), np.log([r["step_ms"] for r in ok]), 1)
+        out[case] = {
+            "atoms": n.astype(int).tolist(),
+            "rss_slope_kb_per_atom": slope * 1024,
+            "rss_intercept_mb": intercept,
+            "time_exponent": exponent,
+        }
+    return out
+
+
 def table(results: list[dict]) -> str:
     head = (
-        f"{'atoms':>6} {'case':<14} {'edges':>7} {'padded':>7} {'nbr list ms':>11} {'compile s':>9} "
-        f"{'step ms':>9} {'vs jax-md':>9} {'peak MB':>8}  status"
+        f"{'atoms':>6} {'case':<14} {'edges':>7} {'padded':>7} {'nbr ms':>7} {'compile s':>9} "
+        f"{'step ms':>9} {'vs jax-md':>9} {'GFLOP/s':>8} {'of peak':>7} {'peak MB':>8}  status"
     )
     rows = [head, "-" * len(head)]
     for r in results:
+        of_peak = f"{100 * r['fraction_of_peak']:.1f}%" if "fraction_of_peak" in r else "-"
         rows.append(
-            f"{r['atoms']:>6} {r['case']:<14} {fmt(r.get('edges'), 'd'):>7} "
+            f"{fmt(r.get('atoms') or None, 'd'):>6} {r['case']:<14} {fmt(r.get('edges'), 'd'):>7} "
             f"{fmt(r.get('padded_edges'), 'd'):>7} "
-            f"{fmt(r.get('neighbor_ms'), '.1f'):>11} {fmt(r.get('compile_s'), '.1f'):>9} "
+            f"{fmt(r.get('neighbor_ms'), '.1f'):>7} {fmt(r.get('compile_s'), '.1f'):>9} "
             f"{fmt(r.get('step_ms'), '.1f'):>9} {fmt(r.get('ratio_vs_jaxmd'), '.2f'):>9} "
+            f"{fmt(r.get('gflop_s'), '.1f'):>8} {of_peak:>7} "
             f"{fmt(r.get('peak_rss_mb'), '.0f'):>8}  {r['status']}"
         )
     return "\n".join(rows)
@@ -216,14 +307,15 @@ def main(argv=None) -> None:
 
     load_before = os.getloadavg()
     results = []
+    if "peak" in args.cases:
+        print("running peak (matmul) ...", file=sys.stderr, flush=True)
+        results.append(run_case("peak", 0, args))
     for n_atoms in args.sizes:
-        for case in args.cases:
+        for case in [c for c in args.cases if c != "peak"]:
             print(f"running {case} on {n_atoms} atoms ...", file=sys.stderr, flush=True)
             results.append(run_case(case, n_atoms, args))
-    for r in results:  # steady-state ratio nnpes / jax-md on the same structure
-        peer = next((p for p in results if p["case"] == "jaxmd-peer" and p["atoms"] == r["atoms"]), None)
-        if r["case"].startswith("nnpes") and r["status"] == "ok" and peer and peer["status"] == "ok":
-            r["ratio_vs_jaxmd"] = r["step_ms"] / peer["step_ms"]
+    derive(results)
+    scaling = fits(results)
 
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -242,13 +334,21 @@ def main(argv=None) -> None:
         "memory_limit_gib": args.memory_gb,
         "timed_call": "nnpes: physics.evaluate(compute_stress=False) on a prebuilt padded graph; "
         "jax-md: jit(value_and_grad(energy_fn)) on a prebuilt neighbour list",
-        "ratio": "ratio_vs_jaxmd = nnpes step_ms / jaxmd-peer step_ms (same structure)",
+        "ratio": "ratio_vs_jaxmd = nnpes step_ms / the jax-md case's step_ms (same structure; "
+        "nnpes-peer-l2 vs jaxmd-peer-l2, every other nnpes case vs jaxmd-peer)",
+        "flops": "XLA cost analysis of the compiled call (nnpes: of the same function in one pass over the "
+        "edges, since a loop body is counted once); fraction_of_peak = GFLOP/s / the peak case's",
         "differences_nnpes_peer_vs_jaxmd_peer": DIFFERENCES,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=2)
+        json.dump({"meta": meta, "results": results, "fits": scaling}, f, indent=2)
     print(table(results))
+    for case, fit in scaling.items():
+        print(
+            f"{case}: peak RSS = {fit['rss_intercept_mb']:.0f} MB + {fit['rss_slope_kb_per_atom']:.1f} KB/atom "
+            f"x atoms; step time ~ atoms^{fit['time_exponent']:.3f} over {fit['atoms']}"
+        )
     print(
         f"\nload average before/after: {load_before[0]:.2f} / {meta['load_average_after'][0]:.2f} "
         f"on {os.cpu_count()} CPUs; JSON: {args.json}"
