@@ -17,7 +17,7 @@ from pydantic import AfterValidator, Field
 from nnpes.models.base import EnvelopeOrder, NonNegativeInt, PositiveFloat, PositiveInt, SiteModel, Widths
 from nnpes.models.blocks import MLP
 from nnpes.models.radial import bessel_basis, polynomial_envelope
-from nnpes.models.tensor_products import scale_irreps, sh_tensor_product
+from nnpes.models.tensor_products import SpeciesLinear, scale_irreps, sh_tensor_product
 
 
 def _check_hidden_irreps(value: str) -> str:
@@ -108,9 +108,7 @@ class Interaction(nn.Module):
         gates = e3nn.Irreps(f"{nonscalars.num_irreps}x0e") if nonscalars.num_irreps else e3nn.Irreps("")
         gate_in = scalars + gates + nonscalars  # order matters for e3nn.gate: gates right of scalars
 
-        self_connection = e3nn.flax.Linear(
-            target, num_indexed_weights=self.num_species, force_irreps_out=True, name="self_connection"
-        )(species, x)
+        self_connection = SpeciesLinear(target, self.num_species, name="self_connection")(species, x)
         h = e3nn.flax.Linear(x.irreps, name="linear_up")(x)
         filter_irreps = gate_in.regroup()
         msg_irreps = e3nn.tensor_product(

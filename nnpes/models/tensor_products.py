@@ -12,7 +12,9 @@ the channels, out_uk = Σ_i x_ui M_ik, for all outputs of one input irrep at onc
 from __future__ import annotations
 
 import e3nn_jax as e3nn
+import flax.linen as nn
 import jax.numpy as jnp
+from e3nn_jax._src.linear import FunctionalLinear
 
 
 def sh_tensor_product(x: e3nn.IrrepsArray, sh: e3nn.IrrepsArray, filter_ir_out) -> e3nn.IrrepsArray:
@@ -42,6 +44,10 @@ def sh_tensor_product(x: e3nn.IrrepsArray, sh: e3nn.IrrepsArray, filter_ir_out) 
                 paths.append((ir_out, jnp.einsum("ej,ijk->eik", y, cg.astype(dtype))))
         if not paths:
             continue
+        if x1 is None:  # a known-zero input block gives known-zero outputs, as in e3nn
+            irreps_out += [(mul, ir_out) for ir_out, _ in paths]
+            chunks += [None] * len(paths)
+            continue
         m = jnp.concatenate([p for _, p in paths], axis=-1)  # (E, i, K)
         out = jnp.einsum("eui,eiK->euK", x1, m)  # a batched matmul: 2x faster on CPU than broadcast sums
         start = 0
@@ -64,3 +70,38 @@ def scale_irreps(x: e3nn.IrrepsArray, weights: jnp.ndarray) -> e3nn.IrrepsArray:
         parts.append(None if chunk is None else chunk * weights[:, start : start + mul, None])
         start += mul
     return e3nn.from_chunks(x.irreps, parts, x.shape[:-1], x.dtype)
+
+
+class SpeciesLinear(nn.Module):
+    """``e3nn.flax.Linear(irreps_out, num_indexed_weights=num_species, force_irreps_out=True)
+    (species, x)``: an equivariant linear map with one weight set per species, with the same
+    parameters (names, shapes, initialisation) and outputs.
+
+    e3nn gathers every atom's weight matrices (N × 32 × 32 floats per irrep block, the largest
+    arrays of a NequIP layer); here each species' map is applied to all atoms and the result
+    selected per atom, so the working memory is that of the features.
+    """
+
+    irreps_out: e3nn.Irreps
+    num_species: int
+
+    @nn.compact
+    def __call__(self, species: jnp.ndarray, x: e3nn.IrrepsArray) -> e3nn.IrrepsArray:
+        x = x.remove_zero_chunks().regroup()
+        lin = FunctionalLinear(x.irreps, e3nn.Irreps(self.irreps_out).simplify())
+        weights = [
+            self.param(
+                f"w[{ins.i_in},{ins.i_out}] {lin.irreps_in[ins.i_in]},{lin.irreps_out[ins.i_out]}",
+                nn.initializers.normal(stddev=ins.weight_std),
+                (self.num_species,) + ins.path_shape,
+                x.dtype,
+            )
+            for ins in lin.instructions
+        ]
+        apply = e3nn.utils.vmap(lin, in_axes=(None, 0))
+        out = apply([w[0] for w in weights], x)
+        for s in range(1, self.num_species):  # zero chunks stay None (known zeros, as in e3nn)
+            other, is_s = apply([w[s] for w in weights], x), (species == s)[:, None, None]
+            chunks = [None if a is None else jnp.where(is_s, b, a) for a, b in zip(out.chunks, other.chunks)]
+            out = e3nn.from_chunks(out.irreps, chunks, out.shape[:-1], out.dtype)
+        return out.rechunk(self.irreps_out)

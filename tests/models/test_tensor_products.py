@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nnpes.models.tensor_products import scale_irreps, sh_tensor_product
+from nnpes.models.tensor_products import SpeciesLinear, scale_irreps, sh_tensor_product
 
 CASES = [
     ("3x0e+3x1o+3x1e", 1),
@@ -40,3 +40,24 @@ def test_sh_tensor_product_equals_e3nn(hidden, l_sh, keep):
         rtol=1e-12,
         atol=1e-13,
     )
+
+
+@pytest.mark.parametrize(
+    "irreps_in,irreps_out,num_species",
+    [("3x0e+3x1o+3x1e", "3x0e+3x1o+3x1e", 3), ("3x0e", "3x0e+3x1o", 2), ("2x0e+2x0o+2x1o+2x2e", "4x0e", 1)],
+)
+def test_species_linear_equals_e3nn_indexed_linear(irreps_in, irreps_out, num_species):
+    """Same parameters (names, shapes, initial values), same outputs, same known-zero blocks."""
+    key = jax.random.PRNGKey(2)
+    x = e3nn.normal(irreps_in, key, (9,), dtype=jnp.float64)
+    species = jnp.arange(9) % num_species
+    ref = e3nn.flax.Linear(irreps_out, num_indexed_weights=num_species, force_irreps_out=True)
+    mine = SpeciesLinear(irreps_out, num_species)
+    params = ref.init(jax.random.PRNGKey(1), species, x)
+    assert jax.tree.all(
+        jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params, mine.init(jax.random.PRNGKey(1), species, x))
+    )
+    expected, got = ref.apply(params, species, x), mine.apply(params, species, x)
+    assert got.irreps == expected.irreps and got.zero_flags == expected.zero_flags
+    np.testing.assert_allclose(np.asarray(got.array), np.asarray(expected.array), rtol=1e-12, atol=1e-14)
+    assert np.abs(np.asarray(expected.array)).max() > 0.1
