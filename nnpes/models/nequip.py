@@ -14,7 +14,15 @@ import jax
 import jax.numpy as jnp
 from pydantic import AfterValidator, Field
 
-from nnpes.models.base import EnvelopeOrder, NonNegativeInt, PositiveFloat, PositiveInt, SiteModel, Widths
+from nnpes.models.base import (
+    EnvelopeOrder,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SiteModel,
+    Widths,
+    safe_vector,
+)
 from nnpes.models.blocks import MLP
 from nnpes.models.radial import bessel_basis, polynomial_envelope
 from nnpes.models.tensor_products import SpeciesLinear, scale_irreps, sh_tensor_product
@@ -58,24 +66,50 @@ def edge_chunk_size(n_edge: int, bytes_per_edge: int, edge_chunk: int | None, me
     return -(-n_edge // n_chunk)
 
 
-class EdgeMessages(nn.Module):
-    """Messages of a set of edges (tensor product of the sender's features with Y_l(r̂), times
-    a radial MLP's weight per output irrep) added onto their receivers' accumulator.
+def gate_irreps(target: e3nn.Irreps) -> e3nn.Irreps:
+    """Irreps a layer's linear map produces before the gate: scalars, one gate scalar per
+    non-scalar irrep, the non-scalars (e3nn.gate wants the gates right of the scalars)."""
+    scalars = target.filter(keep=["0e", "0o"])
+    nonscalars = target.filter(drop=["0e", "0o"])
+    gates = e3nn.Irreps(f"{nonscalars.num_irreps}x0e") if nonscalars.num_irreps else e3nn.Irreps("")
+    return scalars + gates + nonscalars
 
-    A module of its own so that :class:`Interaction` can run it once over all edges or scanned
-    over edge chunks (rematerialised in the backward pass) with the same parameters."""
+
+def message_irreps(features: e3nn.Irreps, sh_irreps: e3nn.Irreps, target: e3nn.Irreps) -> e3nn.Irreps:
+    """Irreps of the messages (features ⊗ Y_l, kept where the layer's gate input needs them)."""
+    return e3nn.tensor_product(
+        e3nn.zeros(features), e3nn.zeros(sh_irreps), filter_ir_out=gate_irreps(target).regroup()
+    ).irreps
+
+
+class EdgeMessages(nn.Module):
+    """Messages of a set of edges added onto their receivers' sums: the tensor product of the
+    sender's features with Y_l(r̂), times a radial MLP's weight per output irrep.
+
+    The edge basis (Y_l and the enveloped Bessel functions) is computed here from the edge
+    vectors, so that a scan over edge chunks, rematerialised in the backward pass, stores only
+    vectors and indices per edge (recomputing the basis costs ~1 % of a layer). A module of its
+    own so that :class:`Interaction` can run it over all edges at once or scanned, with the same
+    parameters."""
 
     radial_features: tuple[int, ...]
-    filter_irreps: e3nn.Irreps
+    target_irreps: e3nn.Irreps
     sh_irreps: e3nn.Irreps
+    cutoff: float
+    num_basis: int
+    envelope_p: int
 
     @nn.compact
     def __call__(self, acc, h, edges):
-        """acc (N, D) per-atom sums; h (N,) sender features; edges = (Y_l(r̂) (B, sh dim) array,
-        radial basis (B, R), mask (B,), senders (B,), receivers (B,)). Returns (acc, None)."""
-        sh, radial, mask, senders, receivers = edges
-        sh = e3nn.IrrepsArray(self.sh_irreps, sh)
-        messages = sh_tensor_product(h[senders], sh, self.filter_irreps)
+        """acc (N, D) per-atom sums; h (N,) sender features; edges = (vectors (B, 3) Å (safe
+        non-zero vectors where masked), mask (B,), senders (B,), receivers (B,)).
+        Returns (acc + the messages, None)."""
+        vectors, mask, senders, receivers = edges
+        lengths = jnp.linalg.norm(vectors, axis=-1)
+        sh = e3nn.spherical_harmonics(self.sh_irreps, vectors, normalize=True, normalization="component")
+        radial = bessel_basis(lengths, self.cutoff, self.num_basis)
+        radial = radial * polynomial_envelope(lengths, self.cutoff, self.envelope_p)[:, None]
+        messages = sh_tensor_product(h[senders], sh, gate_irreps(e3nn.Irreps(self.target_irreps)).regroup())
         mlp = MLP(tuple(self.radial_features) + (messages.irreps.num_irreps,), use_bias=False, layer_prefix="Dense")
         nn.share_scope(self, mlp)  # parameter names radial/Dense_<i>: those of saved models
         weights = mlp(radial) * mask[:, None].astype(radial.dtype)
@@ -88,63 +122,56 @@ class Interaction(nn.Module):
     MLP, summed over neighbours and normalised by the average neighbour count, then a gated
     non-linearity and a species-dependent self-interaction added as a residual.
 
-    With a chunk size (``edge_chunk``, or chosen from ``edge_memory_mb`` when None) the edges
-    are visited a chunk at a time by a scan that adds each chunk's messages into the per-atom
+    ``edges`` are either flat ((E, 3) vectors, (E,) mask, senders, receivers) or split into
+    chunks ((C, B, 3), (C, B), ...): then a scan adds each chunk's messages into the per-atom
     sums and recomputes them in the backward pass, so no (edges × features) array is ever held:
-    memory O(N·features + chunk·features)."""
+    memory O(N·features + B·features)."""
 
     target_irreps: e3nn.Irreps
     avg_num_neighbors: float
     num_species: int
     radial_features: tuple[int, ...]
-    edge_chunk: int | None = 0
-    edge_memory_mb: float = 64.0
+    sh_irreps: e3nn.Irreps
+    cutoff: float
+    num_basis: int
+    envelope_p: int
 
     @nn.compact
-    def __call__(self, x, species, sh, radial, edge_mask, senders, receivers):
+    def __call__(self, x, species, edges):
         target = e3nn.Irreps(self.target_irreps)
-        scalars = target.filter(keep=["0e", "0o"])
-        nonscalars = target.filter(drop=["0e", "0o"])
-        gates = e3nn.Irreps(f"{nonscalars.num_irreps}x0e") if nonscalars.num_irreps else e3nn.Irreps("")
-        gate_in = scalars + gates + nonscalars  # order matters for e3nn.gate: gates right of scalars
-
         self_connection = SpeciesLinear(target, self.num_species, name="self_connection")(species, x)
         h = e3nn.flax.Linear(x.irreps, name="linear_up")(x)
-        filter_irreps = gate_in.regroup()
-        msg_irreps = e3nn.tensor_product(
-            e3nn.zeros(h.irreps), e3nn.zeros(sh.irreps), filter_ir_out=filter_irreps
-        ).irreps
+        msg_irreps = message_irreps(h.irreps, self.sh_irreps, target)
         acc = jnp.zeros((x.shape[0], msg_irreps.dim), h.dtype)
-        edges = (sh.array, radial, edge_mask, senders, receivers)
-        n_edge = senders.shape[0]
-        # per-edge intermediates: gathered features, messages (product, weighted, cotangent), weights
-        per_edge = h.dtype.itemsize * (h.irreps.dim + 3 * msg_irreps.dim + 2 * msg_irreps.num_irreps)
-        per_edge += h.dtype.itemsize * 2 * sum(self.radial_features)
-        chunk = edge_chunk_size(n_edge, per_edge, self.edge_chunk, self.edge_memory_mb)
-        if chunk == 0:
-            acc, _ = EdgeMessages(self.radial_features, filter_irreps, sh.irreps, name="radial")(acc, h, edges)
+        fields = (self.radial_features, target, self.sh_irreps, self.cutoff, self.num_basis, self.envelope_p)
+        if edges[0].ndim == 2:
+            acc, _ = EdgeMessages(*fields, name="radial")(acc, h, edges)
         else:
-            n_chunk = -(-n_edge // chunk)
-            pad = n_chunk * chunk - n_edge
-
-            def chunked(a):  # (E, ...) -> (n_chunk, chunk, ...); padding edges are masked off
-                a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
-                return a.reshape((n_chunk, chunk) + a.shape[1:])
-
             scan = nn.scan(
                 nn.remat(EdgeMessages, prevent_cse=False),
                 variable_broadcast="params",
                 split_rngs={"params": False},
                 in_axes=(nn.broadcast, 0),
-                length=n_chunk,
+                length=edges[0].shape[0],
             )
-            acc, _ = scan(self.radial_features, filter_irreps, sh.irreps, name="radial")(
-                acc, h, tuple(chunked(a) for a in edges)
-            )
+            acc, _ = scan(*fields, name="radial")(acc, h, edges)
         agg = e3nn.IrrepsArray(msg_irreps, acc) / jnp.sqrt(self.avg_num_neighbors).astype(acc.dtype)
-        y = e3nn.flax.Linear(gate_in, force_irreps_out=True, name="linear_down")(agg)
+        y = e3nn.flax.Linear(gate_irreps(target), force_irreps_out=True, name="linear_down")(agg)
         y = e3nn.gate(y, even_act=jax.nn.silu, odd_act=jnp.tanh, even_gate_act=jax.nn.silu, odd_gate_act=jnp.tanh)
         return y + self_connection
+
+
+def split_edges(vectors, edge_mask, senders, receivers, chunk: int, safe):
+    """(E, ...) edge arrays → (C, chunk, ...) with C = ⌈E / chunk⌉; the padding edges of the
+    last chunk get the safe vector and mask False."""
+    n_edge = vectors.shape[0]
+    n_chunk = -(-n_edge // chunk)
+    pad = n_chunk * chunk - n_edge
+    vectors = jnp.concatenate([vectors, jnp.broadcast_to(safe, (pad, 3))])
+    edge_mask = jnp.concatenate([edge_mask, jnp.zeros(pad, bool)])
+    senders = jnp.concatenate([senders, jnp.zeros(pad, senders.dtype)])
+    receivers = jnp.concatenate([receivers, jnp.zeros(pad, receivers.dtype)])
+    return tuple(a.reshape((n_chunk, chunk) + a.shape[1:]) for a in (vectors, edge_mask, senders, receivers))
 
 
 class NequIP(SiteModel):
@@ -199,10 +226,17 @@ class NequIP(SiteModel):
         )
         l_sh = min(self.l_max, hidden.lmax) if self.hidden_irreps is None else hidden.lmax
         sh_irreps = e3nn.Irreps.spherical_harmonics(l_sh, p=-1)
-        lengths = jnp.linalg.norm(vectors, axis=-1)
-        sh = e3nn.spherical_harmonics(sh_irreps, vectors, normalize=True, normalization="component")
-        radial = bessel_basis(lengths, self.cutoff, self.num_basis)
-        radial = radial * polynomial_envelope(lengths, self.cutoff, self.envelope_p)[:, None]
+
+        # one chunking of the edges for every layer, sized for the widest one: per-edge
+        # intermediates are the gathered features, messages (product, weighted, cotangent),
+        # their weights and the radial MLP's hidden layers
+        msg = message_irreps(hidden, sh_irreps, hidden)
+        per_edge = hidden.dim + 3 * msg.dim + 2 * msg.num_irreps + 2 * sum(self.radial_features) + sh_irreps.dim
+        per_edge *= vectors.dtype.itemsize
+        chunk = edge_chunk_size(senders.shape[0], per_edge, self.edge_chunk, self.edge_memory_mb)
+        edges = (vectors, edge_mask, senders, receivers)
+        if chunk:
+            edges = split_edges(*edges, chunk, safe_vector(self.cutoff, vectors.dtype))
 
         one_hot = jax.nn.one_hot(species, self.num_species, dtype=vectors.dtype)
         x = e3nn.IrrepsArray(f"{self.num_species}x0e", one_hot)
@@ -216,10 +250,12 @@ class NequIP(SiteModel):
                 self.avg_num_neighbors,
                 self.num_species,
                 self.radial_features,
-                self.edge_chunk,
-                self.edge_memory_mb,
+                sh_irreps,
+                self.cutoff,
+                self.num_basis,
+                self.envelope_p,
                 name=f"layer_{i}",
-            )(x, species, sh, radial, edge_mask, senders, receivers)
+            )(x, species, edges)
         x = e3nn.flax.Linear(f"{self.readout_features}x0e", name="readout_hidden")(x.filter(keep=["0e"]))
         x = e3nn.IrrepsArray(x.irreps, jax.nn.silu(x.array))
         x = e3nn.flax.Linear("0e", name="readout")(x)
