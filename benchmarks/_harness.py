@@ -85,21 +85,34 @@ def emit(result: dict) -> None:
     print(_PREFIX + json.dumps(result), flush=True)
 
 
+def worker_env(nnpes_flags: bool = True) -> dict:
+    """The environment of a worker: this one with JAX on the CPU (unless JAX_PLATFORMS is set),
+    float32, and XLA_FLAGS with nnpes's CPU flags (:mod:`nnpes.xla_flags`) for every case,
+    peers included, so that a ratio compares code, not compiler settings; ``nnpes_flags=False``
+    gives XLA's defaults (and stops nnpes adding its flags)."""
+    from nnpes.xla_flags import ENV_OPT_OUT, with_cpu_flags
+
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), JAX_ENABLE_X64="0")
+    if nnpes_flags:
+        env["XLA_FLAGS"] = with_cpu_flags(env.get("XLA_FLAGS", ""))
+    else:
+        env[ENV_OPT_OUT] = "0"
+    return env
+
+
 def run_limited(cmd: list[str], timeout_s: float, memory_gb: float, env: dict | None = None) -> dict:
     """Driver side: run a worker command under the limits.
 
     Returns the worker's :func:`emit` dict with ``status="ok"``, or ``{"status": ...}`` naming
     what went wrong ("oom" with a ``detail``, "timeout (> T s)", "error: <last line>"); always
-    with ``wall_s``. The environment defaults to this one with JAX on the CPU (unless
-    JAX_PLATFORMS is set) and float32.
+    with ``wall_s``. The environment defaults to :func:`worker_env`.
     """
     limit = int(memory_gb * 2**30)
 
     def set_limits():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    if env is None:
-        env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), JAX_ENABLE_X64="0")
+    env = worker_env() if env is None else env
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, preexec_fn=set_limits, env=env)

@@ -8,6 +8,10 @@ Public names: :func:`load`, :class:`Potential`, :class:`Calculator`, :mod:`nnpes
 
 __version__ = "0.1.0"
 
+from nnpes import xla_flags  # noqa: E402  (first: XLA reads its flags when the backend starts)
+
+xla_flags.apply()
+
 from nnpes import models  # noqa: E402
 from nnpes.md.calculator import Calculator  # noqa: E402
 from nnpes.potential import Potential, load  # noqa: E402
