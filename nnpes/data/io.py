@@ -218,7 +218,7 @@ def frame_from_atoms(
 ) -> Frame:
     """Validate one ``ase.Atoms`` into a :class:`Frame`; raise DataError naming ``source``/``index``."""
     at = where(source, index)
-    positions, numbers, cell, pbc = _geometry(atoms, at)
+    positions, numbers, cell, pbc = geometry_from_atoms(atoms, at)
     energy = _energy(atoms, energy_key, at)
     forces = _forces(atoms, forces_key, len(numbers), at)
     stress = _stress(atoms, stress_key, virial_key, cell, pbc, at)
@@ -231,12 +231,14 @@ def frame_from_atoms(
     if missing:
         keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key, "virial": virial_key}
         raise DataError(missing_labels_message(at, missing, keys, found))
-    _check_min_distance(positions, cell, pbc, at)
+    check_min_distance(positions, cell, pbc, at)
     return Frame(positions, numbers, cell, pbc, energy, forces, stress, source, index, found)
 
 
-def _geometry(atoms, at: str):
-    """Positions (Å), atomic numbers, cell (rows, Å) and pbc, checked."""
+def geometry_from_atoms(atoms, at: str):
+    """(positions (N, 3) Å, atomic numbers (N,), cell (3, 3) rows Å, pbc (3,)) of an
+    ``ase.Atoms``, checked (no atoms, NaN, atomic numbers, singular cells) with a DataError
+    naming ``at``; :func:`frame_from_atoms` without the labels and the distance check."""
     if len(atoms) == 0:
         raise DataError(f"{at}: frame has no atoms")
     positions = np.asarray(atoms.get_positions(), dtype=np.float64)
@@ -311,14 +313,22 @@ def _stress(atoms, stress_key: str, virial_key: str, cell, pbc, at: str) -> np.n
     return stress
 
 
-def _check_min_distance(positions, cell, pbc, at) -> None:
+def check_min_distance(positions, cell, pbc, at, nl=None) -> None:
+    """DataError naming ``at`` when two atoms (or an atom and a periodic image) are closer than
+    MIN_DISTANCE_A. ``nl``: a neighbour list of these positions with any cutoff ≥ MIN_DISTANCE_A
+    (:class:`nnpes.data.neighbors.NeighborList`), to search instead of building one."""
     from nnpes.data.neighbors import neighbor_list
 
-    if len(positions) < 2 and not pbc.any():
-        return
-    nl = neighbor_list(positions, cell, pbc, MIN_DISTANCE_A)
-    if len(nl.senders):
-        i, j = int(nl.receivers[0]), int(nl.senders[0])
+    if nl is None:
+        if len(positions) < 2 and not pbc.any():
+            return
+        nl = neighbor_list(positions, cell, pbc, MIN_DISTANCE_A)
+        close = np.arange(len(nl.senders))
+    else:
+        vectors = positions[nl.senders] - positions[nl.receivers] + nl.shifts @ np.asarray(cell)
+        close = np.flatnonzero(np.einsum("ei,ei->e", vectors, vectors) < MIN_DISTANCE_A**2)
+    if len(close):
+        i, j = int(nl.receivers[close[0]]), int(nl.senders[close[0]])
         raise DataError(f"{at}: atoms {i} and {j} are closer than {MIN_DISTANCE_A} Å")
 
 

@@ -87,3 +87,14 @@ def test_neighbor_list_edge_vectors_follow_the_documented_convention():
     # every edge has its reverse (j → i with the opposite shift)
     edges = {(int(s), int(t), tuple(int(x) for x in k)) for s, t, k in zip(nl.senders, nl.receivers, nl.shifts)}
     assert all((t, s, tuple(-x for x in k)) in edges for s, t, k in edges)
+
+
+def test_small_molecule_pairs_match_the_cell_list_at_the_size_limit():
+    """Up to SMALL_MOLECULE atoms a molecule's pairs come from a distance matrix, beyond from
+    vesin: both give the brute-force pairs, on either side of the limit."""
+    from nnpes.data.neighbors import SMALL_MOLECULE
+
+    rng = np.random.default_rng(4)
+    for n in (SMALL_MOLECULE, SMALL_MOLECULE + 1):
+        atoms = ase.Atoms(f"C{n}", positions=rng.random((n, 3)) * 9.0)
+        assert nnpes_pairs(atoms, 3.0) == brute_force_pairs(atoms.positions, atoms.cell.array, atoms.pbc, 3.0)
