@@ -314,6 +314,36 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def markdown(results: list[dict], scaling: dict, meta: dict) -> str:
+    """The README's tables: one row per case, then the fits (what ``--markdown`` prints)."""
+    lines = [
+        "| atoms | case | edges | compile (s) | step (ms) | ratio vs jax-md | GFLOP/s | of peak | peak RSS (MB) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r["status"] != "ok":
+            lines.append(f"| {r.get('atoms') or '-'} | {r['case']} | | | | | | | {r['status']} |")
+            continue
+        ratio = f"**{r['ratio_vs_jaxmd']:.2f}**" if "ratio_vs_jaxmd" in r else "-"
+        of_peak = f"{100 * r['fraction_of_peak']:.1f} %" if "fraction_of_peak" in r else "-"
+        lines.append(
+            f"| {r.get('atoms') or '-'} | {r['case']} | {fmt(r.get('edges'), 'd')} | {fmt(r.get('compile_s'), '.1f')} "
+            f"| {fmt(r.get('step_ms'), '.1f')} | {ratio} | {fmt(r.get('gflop_s'), '.1f')} | {of_peak} "
+            f"| {fmt(r.get('peak_rss_mb'), '.0f')} |"
+        )
+    for case, f in scaling.items():
+        lines.append(
+            f"\n`{case}` over {', '.join(map(str, f['atoms']))} atoms: peak RSS = {f['rss_intercept_mb']:.0f} MB + "
+            f"{f['rss_slope_kb_per_atom']:.1f} KB/atom; step time ∝ atoms^{f['time_exponent']:.3f}."
+        )
+    load = meta["load_average_before"][0], meta["load_average_after"][0]
+    lines.append(
+        f"\nLoad average {load[0]:.2f} before, {load[1]:.2f} after the run, on {meta['cpu_count']} CPUs; "
+        f"{meta['rounds']} round(s), {meta['repeats']} timed calls per case; XLA_FLAGS `{meta['xla_flags']}`."
+    )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="fcc Cu atom counts (4·n³)")
@@ -326,6 +356,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="run the whole case list this many times, interleaved; report the median"
     )
+    parser.add_argument("--markdown", action="store_true", help="also print the tables as markdown (the README's)")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "ATOMS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -394,6 +425,8 @@ def main(argv=None) -> None:
         f"\nload average before/after: {load_before[0]:.2f} / {meta['load_average_after'][0]:.2f} "
         f"on {os.cpu_count()} CPUs; JSON: {args.json}"
     )
+    if args.markdown:
+        print("\n" + markdown(results, scaling, meta))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ def run_md(
     options: MDConfig | None = None,
     backend: str = "auto",
     callback: Callable[[int, int], None] | None = None,
+    source: str | None = None,
 ) -> MDResult:
     """Simulate ``atoms`` for ``steps`` steps with jax-md, or with ASE when the cell is too small
     for jax-md's minimum image (backend "auto"); "jax-md" or "ase" force one.
@@ -57,7 +58,7 @@ def run_md(
     The structure is checked first, before anything compiles (:func:`nnpes.md.structure.check_structure`:
     the frame checks of ``nnpes evaluate``, elements the model knows, the cell the ensemble needs);
     a structure carrying ``atoms.info["time_fs"]`` (a frame written by ``nnpes md --out``) continues
-    its clock."""
+    its clock. ``source`` names the structure (e.g. its file) in errors."""
     from nnpes.md.ase_backend import run_ase
     from nnpes.md.config import MDConfig
     from nnpes.md.jaxmd_simulation import simulation
@@ -67,9 +68,9 @@ def run_md(
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be auto, jax-md or ase, got {backend!r}")
     check_steps(steps)
-    check_structure(atoms, potential, options)
+    check_structure(atoms, potential, options, source=source)
     if backend == "auto":
         backend = choose_backend(potential, atoms, options.skin_a)
     if backend == "ase":
         return run_ase(potential, atoms, steps, options, callback=callback)
-    return run(simulation(potential, atoms, options), steps, callback=callback)
+    return run(simulation(potential, atoms, options, source=source), steps, callback=callback)
