@@ -7,8 +7,12 @@ cause are :class:`nnpes.errors.NnpesError` with one-line messages.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
+import sys
+import time
 
 from nnpes.errors import ConfigError, DataError, NnpesError
 from nnpes.md.driver import BACKENDS
@@ -61,7 +65,13 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="thermo log: time_fs, epot_ev, ekin_ev, etot_ev, temperature_k, pressure_bar, volume_a3",
     )
     p.add_argument("--json", metavar="FILE", help="write the run summary as JSON")
-    p.set_defaults(func=main)
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no status lines (memory estimate, neighbour list, compilation) and no progress bar on stderr",
+    )
+    p.set_defaults(func=main, quiet=False)
     return p
 
 
@@ -176,6 +186,40 @@ def _check_backend(args: argparse.Namespace, potential, atoms, options) -> None:
         )
 
 
+class _StatusLines(logging.Handler):
+    """Prints the library's status messages (logger ``nnpes.md``) as ``nnpes md: ...`` lines on
+    stderr, with the seconds since the run started; sys.stderr is looked up at each line, so the
+    progress bar (which redirects it while shown) keeps its place below them."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.start = time.perf_counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(
+            f"nnpes md: [{time.perf_counter() - self.start:6.1f} s] {record.getMessage()}", file=sys.stderr, flush=True
+        )
+
+
+@contextlib.contextmanager
+def _status_lines(enabled: bool):
+    """Show the ``nnpes.md`` logger's INFO messages on stderr while the run lasts."""
+    logger = logging.getLogger("nnpes.md")
+    if not enabled:
+        yield
+        return
+    handler, level, propagate = _StatusLines(), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def _write(option: str, path: str, write) -> None:
     try:
         write(path)
@@ -195,19 +239,22 @@ def main(args: argparse.Namespace) -> int:
     from nnpes.md.driver import run_md
     from nnpes.potential import load
 
+    quiet = getattr(args, "quiet", False)
     options = _options(args)  # ConfigError: one line naming the option
     _check_outputs(args)
     potential = load(args.model)
     atoms = read_structure(args.structure, potential, options)
     _check_backend(args, potential, atoms, options)
 
-    with Progress(
+    progress = Progress(
         TextColumn("md"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} steps"),
         TimeRemainingColumn(),
         transient=True,
-    ) as progress:
+        disable=quiet,
+    )
+    with _status_lines(not quiet), progress:
         task = progress.add_task("md", total=args.steps)
         result = run_md(
             potential,
@@ -216,6 +263,7 @@ def main(args: argparse.Namespace) -> int:
             options,
             backend=args.backend,
             callback=lambda done, total: progress.update(task, completed=done),
+            source=args.structure,
         )
 
     if args.out:

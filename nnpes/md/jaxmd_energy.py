@@ -17,6 +17,7 @@ import contextlib
 import math
 import warnings
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ from nnpes.potential import Potential
 
 DEFAULT_SKIN_A = 1.0  # Å: neighbour-list skin (jax-md's dr_threshold)
 DEFAULT_CAPACITY_MULTIPLIER = 1.5
+FREE_CELL_LIST_MIN_ATOMS = 1025  # free space: from this many atoms a cell list, below it all N² candidate pairs
 
 
 class BoxTooSmallError(ModelError):
@@ -46,10 +48,14 @@ class NeighborList(partition.NeighborList):
         reference_box: (3, 3) box (columns = lattice vectors, Å) when the list was built.
         box_too_small: bool, set by an update whose box became narrower than
             2·(cutoff + skin); the list is then unusable (check with :func:`needs_reallocation`).
+        list_offset: (3,) Å added to the positions jax-md's cell list hashes (free space with a
+            cell list: it moves the cluster, at the build, into the cell-list box; zero otherwise).
+            ``reference_position`` holds the positions without it.
     """
 
     reference_box: jnp.ndarray
     box_too_small: jnp.ndarray
+    list_offset: jnp.ndarray
 
 
 def box_matrix(box) -> jnp.ndarray:
@@ -101,8 +107,25 @@ def energy_neighbor_list(
             only when atoms have moved far enough that a pair might have entered the cutoff.
         capacity_multiplier: headroom of a newly allocated list over the pairs it holds.
         fractional_coordinates: positions are fractional (with ``periodic_general``).
-        **neighbor_kwargs: passed on to ``jax_md.partition.neighbor_list``
-            (e.g. ``disable_cell_list``). The format is always ``partition.Sparse``.
+        **neighbor_kwargs: passed on to ``jax_md.partition.neighbor_list``. The format is
+            always ``partition.Sparse``. ``disable_cell_list`` True or False forces the choice
+            below (False in free space: a cell list at any size).
+
+    Which candidates a build searches (:func:`cell_grid`; memory ∝ candidates):
+
+    * free space, fewer than :data:`FREE_CELL_LIST_MIN_ATOMS` atoms: all N² pairs, exact and
+      cheap for molecules however far they drift;
+    * free space, more atoms: a cell list over a box fitted at each allocation to the positions'
+      extent + 2·(cutoff + skin) (atoms leaving it wrap into its cells, still correct; crowded
+      cells overflow and are reallocated by :func:`nnpes.md.run`): N × 27 × (atoms per cell);
+    * periodic with fractional positions (``periodic_general``, as :func:`nnpes.md.simulation`
+      builds it), at least 4·(cutoff + skin) between opposite faces: jax-md's cell list, the same
+      N × 27 × (atoms per cell). jax-md's cells are 1 / floor(width / (cutoff + skin)) in
+      fractional units and it wants them narrower than 1/3, so 3 cells per side are not enough;
+    * periodic, 2–4·(cutoff + skin) wide: all N² pairs (at most 64·(cutoff + skin)³ × density atoms,
+      ~1 200 for Cu with a 6 Å list cutoff);
+    * periodic with Cartesian positions (``space.periodic(side)``): cells when the side exceeds
+      3·(cutoff + skin).
 
     Returns:
         ``(neighbor_fn, energy_fn)``.
@@ -137,20 +160,111 @@ def energy_neighbor_list(
     species = jnp.asarray(species_indices(numbers, potential.atomic_numbers, "energy_neighbor_list"))
     cutoff, skin = float(potential.cutoff), float(dr_threshold)
     free = _is_free_space(displacement_fn, box, fractional_coordinates)
+    cell_list = neighbor_kwargs.pop("disable_cell_list", None)
+    cell_list = None if cell_list is None else not cell_list  # None: by size (free space)
     if free:
         box = 1.0
-        neighbor_kwargs.setdefault("disable_cell_list", True)  # molecules drift; no cells to wrap into
     else:
         _check_periodic_box(box, fractional_coordinates, cutoff, skin)
     static_box = box_matrix(jnp.asarray(box, jnp.float32 if not jax.config.jax_enable_x64 else jnp.float64))
     list_displacement = _fractional_displacement(static_box) if fractional_coordinates and not free else displacement_fn
-    base = partition.neighbor_list(
-        list_displacement, box, cutoff + skin, dr_threshold=0.0, capacity_multiplier=capacity_multiplier,
-        fractional_coordinates=fractional_coordinates, format=partition.Sparse, **neighbor_kwargs
+    settings = ListSettings(
+        free=free,
+        fractional=fractional_coordinates,
+        box=box,
+        list_cutoff=cutoff + skin,
+        capacity_multiplier=capacity_multiplier,
+        cell_list=cell_list,
+    )
+    make_base = partial(
+        partition.neighbor_list, list_displacement, r_cutoff=cutoff + skin, dr_threshold=0.0,
+        capacity_multiplier=capacity_multiplier, fractional_coordinates=fractional_coordinates,
+        format=partition.Sparse, **neighbor_kwargs,
     )  # fmt: skip
-    allocate, update = _list_functions(base, static_box, list_displacement, free, cutoff, skin)
+    allocate, update = _list_functions(make_base, settings, static_box, list_displacement, cutoff, skin)
     energy_fn = _energy_function(potential, displacement_fn, species, len(numbers))
     return partition.NeighborListFns(allocate, update), energy_fn
+
+
+class ListSettings(NamedTuple):
+    """What decides how jax-md builds the list (see :func:`cell_grid`): free space or not,
+    fractional positions, the box jax-md was given, cutoff + skin (Å), the capacity multiplier,
+    and the cell list forced on (True), off (False) or chosen by size (None, free space only)."""
+
+    free: bool
+    fractional: bool
+    box: object
+    list_cutoff: float
+    capacity_multiplier: float
+    cell_list: bool | None
+
+
+class CellGrid(NamedTuple):
+    """jax-md's cell list for one build: ``box`` (side, or (3,) sides, Å; 1.0 for fractional
+    positions) and ``cell_size`` as jax-md's ``cell_list`` takes them, and ``offset`` (3,) Å
+    added to the positions before they are hashed into cells."""
+
+    box: object
+    cell_size: float
+    offset: np.ndarray
+
+    def cell_capacity(self, positions) -> int:
+        """Atoms per cell jax-md allocates for ``positions`` (its ``_estimate_cell_capacity``
+        without the multiplier: the fullest cell)."""
+        box = np.reshape(self.box, (1, -1)) if np.ndim(self.box) else self.box
+        filling = partition.count_cell_filling(jnp.asarray(positions) + self.offset, box, self.cell_size)
+        return int(jnp.max(filling))
+
+    @property
+    def cells(self) -> int:
+        """Number of cells."""
+        per_side = np.floor(np.asarray(self.box, np.float64) / np.asarray(self.cell_size, np.float64))
+        return int(np.prod(np.broadcast_to(per_side, (3,))))
+
+
+def cell_grid(settings: ListSettings, positions, box=None) -> CellGrid | None:
+    """The cell list jax-md builds for ``positions`` (None: it lists all N² candidate pairs).
+
+    * Free space: a cell list from :data:`FREE_CELL_LIST_MIN_ATOMS` atoms (or when
+      ``disable_cell_list=False`` was asked for), over a box spanning the positions' extent plus
+      2·(cutoff + skin) with a margin, the positions moved into it by ``offset``. jax-md hashes
+      cells with ``mod(int(x / cell_size), cells_per_side)``: an atom that later drifts out of
+      the box wraps into a cell of the grid; pairs are still found, since neighbouring cells
+      stay neighbours modulo the grid (≥ 3 cells per side) and int() truncates toward zero, which
+      only doubles the width of cell 0; pairs are then pruned with the free-space distance, so
+      aliased far atoms cost capacity, never wrong pairs (an overflow is flagged, the run loop
+      reallocates).
+    * Periodic: jax-md's own choice (``neighbor_list``: cells when ``cell_size < box / 3``): with
+      fractional positions, cells of 1 / floor(width / (cutoff + skin)), width the narrowest face
+      distance, so from 4 cells per side; with Cartesian ones cells of cutoff + skin, from a side
+      of 3·(cutoff + skin). Else N².
+
+    Args:
+        settings: from :func:`energy_neighbor_list`. positions: (N, 3), as the list takes them.
+        box: the current box (jax-md's ``box`` keyword), periodic only.
+    """
+    cutoff = settings.list_cutoff
+    if settings.free:
+        n_atoms = np.shape(positions)[0]
+        if settings.cell_list is False or (settings.cell_list is None and n_atoms < FREE_CELL_LIST_MIN_ATOMS):
+            return None
+        R = np.asarray(positions, np.float64)
+        lo, hi = R.min(axis=0), R.max(axis=0)
+        # whole cells of cutoff + skin, ≥ 1 cell free either side, k + ½ so that floor(side / cutoff) = k ≥ 3
+        k = np.maximum(np.ceil((hi - lo) / cutoff) + 2.0, 3.0)
+        sides = (k + 0.5) * cutoff
+        offset = (cutoff - lo).astype(np.asarray(positions).dtype)
+        return CellGrid(box=tuple(float(x) for x in sides), cell_size=cutoff, offset=offset)
+    if settings.cell_list is False:
+        return None
+    current = settings.box if box is None else box
+    zero = np.zeros(3, np.asarray(positions).dtype)
+    if settings.fractional:
+        size = float(partition._fractional_cell_size(jnp.asarray(current), cutoff))
+        return CellGrid(box=1.0, cell_size=size, offset=zero) if size < 1.0 / 3.0 else None
+    if np.all(cutoff < np.asarray(current, np.float64) / 3.0):
+        return CellGrid(box=current, cell_size=cutoff, offset=zero)
+    return None
 
 
 def _check_periodic_box(box, fractional_coordinates: bool, cutoff: float, skin: float) -> None:
@@ -170,28 +284,51 @@ def _check_periodic_box(box, fractional_coordinates: bool, cutoff: float, skin: 
     check_box(box_np, cutoff, skin)
 
 
-def _list_functions(base, static_box, list_displacement, free: bool, cutoff: float, skin: float):
-    """(allocate, update) around jax-md's list ``base``: box checks, the skin criterion with
-    margin and box strain, and the box-too-small flag (see :func:`energy_neighbor_list`)."""
-    list_cutoff = cutoff + skin
+def _list_functions(make_base, settings: ListSettings, static_box, list_displacement, cutoff: float, skin: float):
+    """(allocate, update) around jax-md's lists: box checks, the skin criterion with margin and
+    box strain, the box-too-small flag (see :func:`energy_neighbor_list`), and in free space the
+    cell-list box chosen at each allocation (:func:`cell_grid`).
 
-    def wrap(nbrs, reference_box, too_small):
+    jax-md's update rebuilds with the list's own ``cell_list_fn`` and ``cell_size`` (the box of
+    its allocation); its base only contributes the cutoff, metric and format, so one base with
+    cell lists enabled updates every free-space list that has one."""
+    list_cutoff = cutoff + skin
+    free = settings.free
+    forced = {} if settings.cell_list is None else {"disable_cell_list": not settings.cell_list}
+    # free space without cells: jax-md's N² candidates, as always for molecules
+    plain = make_base(settings.box, **({"disable_cell_list": True} if free else forced))
+    cell_update = make_base(settings.box, disable_cell_list=False) if free else plain
+    cell_bases: dict = {}  # free space: (3,) sides → base whose allocate builds cells over that box
+
+    def cell_base(sides):
+        if sides not in cell_bases:  # kept: its jitted candidate search compiles once per box
+            cell_bases[sides] = make_base(np.asarray(sides), disable_cell_list=False)
+        return cell_bases[sides]
+
+    def wrap(nbrs, R, reference_box, too_small, offset):
         fields = {f.name: getattr(nbrs, f.name) for f in dataclasses.fields(partition.NeighborList)}
         fields["update_fn"] = update
+        fields["reference_position"] = R  # jax-md stored the shifted positions
         size = fields["cell_size"]
         if isinstance(size, jax.Array) and not isinstance(size, jax.core.Tracer) and size.ndim == 0:
             # a static (metadata) field: jax compares metadata of lists with equal shapes, and an array
             # there raises ("metadata fields ... not hashable") when a second simulation traces
             fields["cell_size"] = float(size)
-        return NeighborList(**fields, reference_box=reference_box, box_too_small=too_small)
+        return NeighborList(**fields, reference_box=reference_box, box_too_small=too_small, list_offset=offset)
 
     def allocate(R, extra_capacity: int = 0, **kwargs):
         current = static_box if "box" not in kwargs else box_matrix(kwargs["box"])
         if not free:
             check_box(np.asarray(current), cutoff, skin)
+        grid = cell_grid(settings, R) if free else None
         with quiet_jax_md():
-            nbrs = base.allocate(R, extra_capacity, **kwargs)
-        return wrap(nbrs, current.astype(R.dtype), jnp.zeros((), bool))
+            if grid is None:
+                nbrs = plain.allocate(R, extra_capacity, **kwargs)
+                offset = jnp.zeros(3, R.dtype)
+            else:
+                offset = jnp.asarray(grid.offset, R.dtype)
+                nbrs = cell_base(grid.box).allocate(R + offset, extra_capacity, **kwargs)
+        return wrap(nbrs, R, current.astype(R.dtype), jnp.zeros((), bool), offset)
 
     def update(R, nbrs, margin=0.0, **kwargs):
         move_kwargs = {"box": kwargs["box"]} if "box" in kwargs else {}
@@ -203,11 +340,13 @@ def _list_functions(base, static_box, list_displacement, free: bool, cutoff: flo
         too_small = nbrs.box_too_small
         if not free and "box" in kwargs:
             too_small = too_small | (jnp.min(box_widths(current)) < 2.0 * list_cutoff)
+        # cell_list_fn is static: which base rebuilds is decided while tracing
+        base = cell_update if nbrs.cell_list_fn is not None else plain
 
         def build(old):
             with quiet_jax_md():
-                new = base.update(R, old, **kwargs)
-            return wrap(new, current, too_small)
+                new = base.update(R + old.list_offset, old, **kwargs)
+            return wrap(new, R, current, too_small, old.list_offset)
 
         def keep(old):
             return old.set(box_too_small=too_small)

@@ -22,7 +22,7 @@ from jax import lax
 from nnpes import compilation
 from nnpes.md.driver import check_steps
 from nnpes.md.jaxmd_energy import BoxTooSmallError, needs_reallocation, quiet_jax_md
-from nnpes.md.jaxmd_simulation import Simulation
+from nnpes.md.jaxmd_simulation import Simulation, check_memory, log
 from nnpes.md.results import MDResult, md_result
 from nnpes.md.units import BAR
 
@@ -120,6 +120,8 @@ def _start(sim: Simulation, state, neighbor):
     """(state, neighbour list, reallocations) to start from: the given ones or the start structure's."""
     position = sim.positions if state is None else state.position
     kwargs = {} if state is None else sim.box_kwargs(state)
+    if neighbor is None:
+        log.info(f"building the neighbour list of {sim.n_atoms} atoms")
     nbrs = neighbor if neighbor is not None else sim.neighbor_fn.allocate(position, **kwargs)
     nbrs = nbrs.update(position, **kwargs)
     reallocations = 0
@@ -179,13 +181,18 @@ def run(
         state: continue from this integrator state (default: the start structure).
         neighbor: start from this neighbour list (default: allocated at the start); it may be
             too small: overflows are caught and repaired.
-        chunk_steps: steps per jitted chunk (rounded to a multiple of ``every``; default ≈ 200).
+        chunk_steps: steps per jitted chunk (rounded to a multiple of ``every``; default ≈ 200; no more
+            than the run needs).
         callback: called as callback(steps_done, steps) after each accepted chunk.
         start_time_fs: time of the first frame, fs (default: the start structure's, ``sim.start_time_fs``;
             pass ``result.time_fs[-1]`` when continuing from ``result.state``).
 
     Returns:
         :class:`MDResult`; its ``state`` and ``neighbor`` continue the run.
+
+    Memory: a structure of :data:`~nnpes.md.jaxmd_simulation.MEMORY_CHECK_MIN_ATOMS` atoms or more
+    is estimated first (:func:`~nnpes.md.jaxmd_simulation.check_memory`) and refused with a
+    one-line ModelError when it would not fit. Slow phases are logged (logger ``nnpes.md``, INFO).
 
     Overflow handling: after each chunk the list's overflow flag is read; if set, the list is
     reallocated at the chunk's starting state with room for the pairs the chunk needed
@@ -194,12 +201,17 @@ def run(
     """
     check_steps(steps)
     every = sim.options.every
-    records = max(1, math.ceil((max(every, 200) if chunk_steps is None else chunk_steps) / every))
+    requested = max(every, 200) if chunk_steps is None else chunk_steps
+    # a run shorter than a chunk: fewer records per chunk (each costs an energy evaluation, wasted past the end)
+    records = max(1, math.ceil(min(requested, max(steps, 1)) / every))
     chunk_steps = records * every  # chunks start on recorded steps
     chunk_fn, observe_fn = _functions(sim, records)
     compiled_before = compilation.count(*TRACED)
     t_start = time.perf_counter()
+    if neighbor is None:  # before the first list of this size is allocated
+        check_memory(sim, recorded_frames=math.ceil(steps / every) + 1, records_per_chunk=records)
     state, nbrs, reallocations = _start(sim, state, neighbor)
+    log.info(f"compiling the MD step ({sim.n_atoms} atoms, {nbrs.idx.shape[1]} list slots) unless cached")
     params = sim.potential.params
     frames = [jax.device_get(jax.tree.map(lambda x: x[None], observe_fn(state, nbrs, params)))]
 
