@@ -43,7 +43,12 @@ def make_train_step(
         def shard(graph):
             return error_sums(energy_forces_stress(pot, graph, compute_stress=use_stress), graph, kind, delta)
 
-        sums = jax.tree.map(lambda x: jnp.sum(x, axis=0), jax.vmap(shard)(batch))
+        # one shard (one device): no vmap, whose batched gathers and scatters made the aspirin
+        # step (batch 8, l <= 1) 78 ms instead of 44 ms on CPU
+        if jax.tree.leaves(batch)[0].shape[0] == 1:
+            sums = shard(jax.tree.map(lambda x: x[0], batch))
+        else:
+            sums = jax.tree.map(lambda x: jnp.sum(x, axis=0), jax.vmap(shard)(batch))
         return combine(sums, weights), sums
 
     def train_step(state: TrainState, batch, learning_rate) -> tuple[TrainState, dict]:
