@@ -111,8 +111,8 @@ def nnpes_worker(model: str, system: str, calls: int, test: str) -> None:
     atoms.calc = calc
     times = _moving_calls(atoms, calls)
     # the compiled program alone, on the last call's inputs already on the device
-    arrays = calc._padded(*geometry_from_atoms(atoms, "benchmark"))
-    compiled = calc._function(arrays[0].shape[0], arrays[2].shape[0], bool(np.all(atoms.pbc)), arrays)
+    arrays, n_node, n_edge = calc._padded(*geometry_from_atoms(atoms, "benchmark"))
+    compiled = calc._function(n_node, n_edge, bool(np.all(atoms.pbc)), arrays)
     on_device = jax.device_put(arrays)
     compiled_ms = []
     for k in range(calls + 3):

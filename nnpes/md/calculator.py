@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import jraph
 import numpy as np
 from ase.calculators.calculator import Calculator as _AseCalculator
@@ -38,17 +39,21 @@ def resolve_dtype(dtype) -> np.dtype:
     return dt
 
 
-def _graph(positions, species, senders, receivers, shifts, cell, n_node, n_edge) -> jraph.GraphsTuple:
-    """The padded GraphsTuple of one structure (+ its padding graph) from the arrays the
-    calculator fills; labels are not needed to evaluate."""
+def _graph(floats, ints, n_node: int, n_edge: int) -> jraph.GraphsTuple:
+    """The padded GraphsTuple of one structure (+ its padding graph) from the two flat arrays the
+    calculator fills (:meth:`Calculator._padded`; one host-to-device copy each); labels are not
+    needed to evaluate."""
+    e = n_edge
+    offsets = np.cumsum([0, n_node, e, e, 3 * e, 2, 2])
+    species, senders, receivers, shifts, n_nodes, n_edges = (ints[a:b] for a, b in zip(offsets[:-1], offsets[1:]))
     return jraph.GraphsTuple(
-        nodes={"positions": positions, "species": species},
-        edges={"shifts": shifts},
+        nodes={"positions": floats[: 3 * n_node].reshape(n_node, 3), "species": species},
+        edges={"shifts": shifts.reshape(e, 3)},
         senders=senders,
         receivers=receivers,
-        globals={"cell": cell},
-        n_node=n_node,
-        n_edge=n_edge,
+        globals={"cell": floats[3 * n_node :].reshape(2, 3, 3)},
+        n_node=n_nodes,
+        n_edge=n_edges,
     )
 
 
@@ -59,16 +64,19 @@ def _compiled(treedef, n_node: int, n_edge: int, stress: bool, leaves, arrays):
     """The compiled program of one potential (its treedef: model, cutoff, species table, dtype)
     and padded shape, compiled ahead of time on first use and shared by every calculator of
     that potential. Refuses (one line) a program that needs more memory than is available."""
-    key = (treedef, n_node, n_edge, stress, arrays[0].dtype)
+    key = (treedef, n_node, n_edge, stress, arrays[0].dtype)  # arrays: (floats, ints) of _padded
     if key not in _COMPILED:
 
         def call(leaves, arrays):
-            out = energy_forces_stress(jax.tree.unflatten(treedef, leaves), _graph(*arrays), compute_stress=stress)
-            keep = ("interaction_energy", "forces", "site_energies") + (("stress",) if stress else ())
-            return {k: out[k] for k in keep}
+            graph = _graph(*arrays, n_node, n_edge)
+            out = energy_forces_stress(jax.tree.unflatten(treedef, leaves), graph, compute_stress=stress)
+            # one flat output, one device-to-host copy: E_int, forces, site energies (, stress)
+            parts = [out["interaction_energy"][:1], out["forces"].ravel(), out["site_energies"]]
+            return jnp.concatenate(parts + ([out["stress"][0].ravel()] if stress else []))
 
         compiled = jax.jit(call).lower(leaves, arrays).compile()
-        n_atoms, n_pairs = int(arrays[6][0]), int(arrays[7][0])
+        counts = arrays[1][-4:]
+        n_atoms, n_pairs = int(counts[0]), int(counts[2])
         check_fits(
             compiled_bytes(compiled),
             f"{_SOURCE}: energy + forces of {n_atoms} atoms ({n_pairs} pairs within the cutoff)",
@@ -103,7 +111,8 @@ class Calculator(_AseCalculator):
         # the potential's arrays, on the device once; its static parts (model, cutoff) in the treedef
         leaves, self._treedef = jax.tree.flatten(self.potential)
         self._leaves = jax.device_put(leaves)
-        self._species_of: tuple[bytes, np.ndarray] | None = None  # (numbers, species) of the last call
+        self._e0 = np.asarray(self.potential.e0, np.float64)  # eV per species, for Σ E0 on the host
+        self._species_of: tuple[bytes, np.ndarray, float] | None = None  # (numbers, species, Σ E0), last call
 
     def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
         """What changed since the last calculation, of what the energy depends on (positions,
@@ -125,11 +134,12 @@ class Calculator(_AseCalculator):
         return _compiled(self._treedef, n_node, n_edge, stress, self._leaves, arrays)
 
     def _species(self, numbers: np.ndarray) -> np.ndarray:
-        """Species indices of ``numbers`` (the last structure's, when unchanged); an element the
-        model does not know raises a one-line ModelError."""
+        """Species indices of ``numbers`` (the last structure's, when unchanged; with them their
+        Σ E0, eV, float64); an element the model does not know raises a one-line ModelError."""
         raw = numbers.tobytes()
         if self._species_of is None or self._species_of[0] != raw:
-            self._species_of = (raw, species_indices(numbers, self.potential.atomic_numbers, _SOURCE))
+            species = species_indices(numbers, self.potential.atomic_numbers, _SOURCE)
+            self._species_of = (raw, species, float(self._e0[species].sum()))
         return self._species_of[1]
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -138,23 +148,23 @@ class Calculator(_AseCalculator):
         periodic = bool(np.all(atoms.pbc))
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is defined only for cells periodic in all three directions")
-        arrays = self._padded(*geometry_from_atoms(atoms, _SOURCE))
-        out = jax.device_get(
-            self._function(arrays[0].shape[0], arrays[2].shape[0], periodic, arrays)(self._leaves, arrays)
-        )
+        arrays, n_node, n_edge = self._padded(*geometry_from_atoms(atoms, _SOURCE))
+        flat = np.asarray(self._function(n_node, n_edge, periodic, arrays)(self._leaves, arrays), np.float64)
         n = len(atoms)
-        energy = self.potential.total_energy(out["interaction_energy"][0], atoms.numbers)
-        self.results["energy"] = self.results["free_energy"] = energy
-        self.results["forces"] = np.asarray(out["forces"][:n], np.float64)
-        self.results["energies"] = np.asarray(out["site_energies"][:n], np.float64)
+        forces = flat[1 : 1 + 3 * n_node].reshape(n_node, 3)
+        self.results["energy"] = self.results["free_energy"] = float(flat[0]) + self._species_of[2]
+        self.results["forces"] = forces[:n].copy()
+        self.results["energies"] = flat[1 + 3 * n_node : 1 + 3 * n_node + n].copy()
         if periodic:
-            self.results["stress"] = matrix_to_voigt(out["stress"][0])
+            self.results["stress"] = matrix_to_voigt(flat[1 + 4 * n_node :].reshape(3, 3))
 
     def _padded(self, positions_a, numbers, cell, pbc) -> tuple:
-        """(positions, species, senders, receivers, shifts, cell, n_node, n_edge) of one structure
-        (positions Å, cell rows Å) and its padding graph, nodes and edges padded to buckets as
-        :func:`nnpes.data.graph.batch_graphs` pads them (padding edges join the last, padding node
-        to itself). Refuses atoms closer than MIN_DISTANCE_A, as every entry point does."""
+        """((floats, ints), n_node, n_edge) of one structure (positions Å, cell rows Å) and its
+        padding graph, nodes and edges padded to buckets as :func:`nnpes.data.graph.batch_graphs`
+        pads them (padding edges join the last, padding node to itself), packed in two flat
+        arrays: floats = positions, cells; ints = species, senders, receivers, shifts, n_node,
+        n_edge (see :func:`_graph`). Refuses atoms closer than MIN_DISTANCE_A, as every entry
+        point does."""
         n = len(numbers)
         species = self._species(numbers)
         cell = cell if pbc.any() else np.zeros((3, 3))
@@ -162,15 +172,15 @@ class Calculator(_AseCalculator):
         check_min_distance(positions_a, cell, pbc, _SOURCE, nl)
         n_edge_real = len(nl.senders)
         n_node, n_edge = bucket(n + 1), bucket(n_edge_real)
-        positions = np.zeros((n_node, 3), self.dtype)
-        positions[:n] = positions_a
-        padded_species = np.zeros(n_node, np.int32)
-        padded_species[:n] = species
-        senders = np.full(n_edge, n_node - 1, np.int32)
-        receivers = np.full(n_edge, n_node - 1, np.int32)
-        shifts = np.zeros((n_edge, 3), np.int32)
-        senders[:n_edge_real], receivers[:n_edge_real], shifts[:n_edge_real] = nl.senders, nl.receivers, nl.shifts
-        cells = np.zeros((2, 3, 3), self.dtype)
-        cells[0] = cell
-        counts = np.array([n, n_node - n], np.int32), np.array([n_edge_real, n_edge - n_edge_real], np.int32)
-        return positions, padded_species, senders, receivers, shifts, cells, *counts
+        floats = np.zeros(3 * n_node + 18, self.dtype)
+        floats[: 3 * n] = positions_a.ravel()
+        floats[3 * n_node : 3 * n_node + 9] = np.asarray(cell).ravel()
+        ints = np.zeros(n_node + 5 * n_edge + 4, np.int32)
+        ints[:n] = species
+        e0, e = n_node, n_edge
+        ints[e0 : e0 + 2 * e] = n_node - 1  # padding edges: padding node to itself
+        ints[e0 : e0 + n_edge_real] = nl.senders
+        ints[e0 + e : e0 + e + n_edge_real] = nl.receivers
+        ints[e0 + 2 * e : e0 + 2 * e + 3 * n_edge_real] = nl.shifts.ravel()
+        ints[-4:] = n, n_node - n, n_edge_real, n_edge - n_edge_real
+        return (floats, ints), n_node, n_edge
