@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 
-from _harness import emit, fmt, median_ms, peak_rss_mb, run_limited, worker_command
+from _harness import emit, fmt, median_ms, peak_rss_mb, run_limited, worker_command, worker_env
 
 CASES = ("nnpes", "jaxmd")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -373,6 +373,7 @@ def main(argv=None) -> None:
         "warmup": args.warmup,
         "timeout_s": args.timeout,
         "memory_limit_gib": args.memory_gb,
+        "xla_flags": worker_env()["XLA_FLAGS"],
         "timed_call": "one compiled optimizer step on a pre-built device batch: nnpes session.step_fn "
         "(make_train_step) on session.batch(0, 0); jax-md jit(value_and_grad(loss) + optax.adam update) on "
         "pre-allocated neighbour lists; host_batch_ms is the host batching, not part of the step",

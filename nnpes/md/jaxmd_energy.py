@@ -9,6 +9,11 @@ vectors come from jax-md's displacement function and the energy from
 
 Units: Å, eV, amu. jax-md then measures time in √(amu·Å²/eV) ≈ 10.1805 fs
 (``ase.units.fs`` converts: ``dt = dt_fs * ase.units.fs``) and temperature as kT in eV.
+
+Stress sign: ``jax_md.quantity.stress(energy_fn, R, box, neighbor=nbrs)`` is −(1/V) ∂E/∂ε
+(positive under compression, like a pressure), so ASE stress = −jax-md stress (potential part;
+jax-md adds the kinetic term m·v⊗v/V when given velocities), and ``quantity.pressure`` =
+−trace(ASE stress)/3.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ import contextlib
 import math
 import warnings
 from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +31,12 @@ from jax_md import dataclasses, partition
 
 from nnpes.data.graph import species_indices
 from nnpes.errors import ModelError
+from nnpes.md.cell_lists import ListSettings, cell_grid
 from nnpes.physics import site_energies_from_vectors
 from nnpes.potential import Potential
 
 DEFAULT_SKIN_A = 1.0  # Å: neighbour-list skin (jax-md's dr_threshold)
 DEFAULT_CAPACITY_MULTIPLIER = 1.5
-FREE_CELL_LIST_MIN_ATOMS = 1025  # free space: from this many atoms a cell list, below it all N² candidate pairs
 
 
 class BoxTooSmallError(ModelError):
@@ -111,21 +115,7 @@ def energy_neighbor_list(
             always ``partition.Sparse``. ``disable_cell_list`` True or False forces the choice
             below (False in free space: a cell list at any size).
 
-    Which candidates a build searches (:func:`cell_grid`; memory ∝ candidates):
-
-    * free space, fewer than :data:`FREE_CELL_LIST_MIN_ATOMS` atoms: all N² pairs, exact and
-      cheap for molecules however far they drift;
-    * free space, more atoms: a cell list over a box fitted at each allocation to the positions'
-      extent + 2·(cutoff + skin) (atoms leaving it wrap into its cells, still correct; crowded
-      cells overflow and are reallocated by :func:`nnpes.md.run`): N × 27 × (atoms per cell);
-    * periodic with fractional positions (``periodic_general``, as :func:`nnpes.md.simulation`
-      builds it), at least 4·(cutoff + skin) between opposite faces: jax-md's cell list, the same
-      N × 27 × (atoms per cell). jax-md's cells are 1 / floor(width / (cutoff + skin)) in
-      fractional units and it wants them narrower than 1/3, so 3 cells per side are not enough;
-    * periodic, 2–4·(cutoff + skin) wide: all N² pairs (at most 64·(cutoff + skin)³ × density atoms,
-      ~1 200 for Cu with a 6 Å list cutoff);
-    * periodic with Cartesian positions (``space.periodic(side)``): cells when the side exceeds
-      3·(cutoff + skin).
+    Which candidates a list build searches, per case: :mod:`nnpes.md.cell_lists`.
 
     Returns:
         ``(neighbor_fn, energy_fn)``.
@@ -146,10 +136,7 @@ def energy_neighbor_list(
         ``quantity.stress`` and ``simulate.npt_nose_hoover``. Pairs listed beyond the cutoff
         are masked.
 
-        Stress sign: ``jax_md.quantity.stress(energy_fn, R, box, neighbor=nbrs)`` is
-        −(1/V) ∂E/∂ε (positive under compression, like a pressure), so
-        ASE stress = −jax-md stress (potential part; jax-md adds the kinetic term m·v⊗v/V
-        when given velocities), and ``quantity.pressure`` = −trace(ASE stress)/3.
+        Stress sign: see the module docstring.
 
     Raises:
         BoxTooSmallError: a periodic box narrower than 2·(cutoff + skin) (make a supercell,
@@ -168,14 +155,7 @@ def energy_neighbor_list(
         _check_periodic_box(box, fractional_coordinates, cutoff, skin)
     static_box = box_matrix(jnp.asarray(box, jnp.float32 if not jax.config.jax_enable_x64 else jnp.float64))
     list_displacement = _fractional_displacement(static_box) if fractional_coordinates and not free else displacement_fn
-    settings = ListSettings(
-        free=free,
-        fractional=fractional_coordinates,
-        box=box,
-        list_cutoff=cutoff + skin,
-        capacity_multiplier=capacity_multiplier,
-        cell_list=cell_list,
-    )
+    settings = ListSettings(free, fractional_coordinates, box, cutoff + skin, capacity_multiplier, cell_list)
     make_base = partial(
         partition.neighbor_list, list_displacement, r_cutoff=cutoff + skin, dr_threshold=0.0,
         capacity_multiplier=capacity_multiplier, fractional_coordinates=fractional_coordinates,
@@ -184,87 +164,6 @@ def energy_neighbor_list(
     allocate, update = _list_functions(make_base, settings, static_box, list_displacement, cutoff, skin)
     energy_fn = _energy_function(potential, displacement_fn, species, len(numbers))
     return partition.NeighborListFns(allocate, update), energy_fn
-
-
-class ListSettings(NamedTuple):
-    """What decides how jax-md builds the list (see :func:`cell_grid`): free space or not,
-    fractional positions, the box jax-md was given, cutoff + skin (Å), the capacity multiplier,
-    and the cell list forced on (True), off (False) or chosen by size (None, free space only)."""
-
-    free: bool
-    fractional: bool
-    box: object
-    list_cutoff: float
-    capacity_multiplier: float
-    cell_list: bool | None
-
-
-class CellGrid(NamedTuple):
-    """jax-md's cell list for one build: ``box`` (side, or (3,) sides, Å; 1.0 for fractional
-    positions) and ``cell_size`` as jax-md's ``cell_list`` takes them, and ``offset`` (3,) Å
-    added to the positions before they are hashed into cells."""
-
-    box: object
-    cell_size: float
-    offset: np.ndarray
-
-    def cell_capacity(self, positions) -> int:
-        """Atoms per cell jax-md allocates for ``positions`` (its ``_estimate_cell_capacity``
-        without the multiplier: the fullest cell)."""
-        box = np.reshape(self.box, (1, -1)) if np.ndim(self.box) else self.box
-        filling = partition.count_cell_filling(jnp.asarray(positions) + self.offset, box, self.cell_size)
-        return int(jnp.max(filling))
-
-    @property
-    def cells(self) -> int:
-        """Number of cells."""
-        per_side = np.floor(np.asarray(self.box, np.float64) / np.asarray(self.cell_size, np.float64))
-        return int(np.prod(np.broadcast_to(per_side, (3,))))
-
-
-def cell_grid(settings: ListSettings, positions, box=None) -> CellGrid | None:
-    """The cell list jax-md builds for ``positions`` (None: it lists all N² candidate pairs).
-
-    * Free space: a cell list from :data:`FREE_CELL_LIST_MIN_ATOMS` atoms (or when
-      ``disable_cell_list=False`` was asked for), over a box spanning the positions' extent plus
-      2·(cutoff + skin) with a margin, the positions moved into it by ``offset``. jax-md hashes
-      cells with ``mod(int(x / cell_size), cells_per_side)``: an atom that later drifts out of
-      the box wraps into a cell of the grid; pairs are still found, since neighbouring cells
-      stay neighbours modulo the grid (≥ 3 cells per side) and int() truncates toward zero, which
-      only doubles the width of cell 0; pairs are then pruned with the free-space distance, so
-      aliased far atoms cost capacity, never wrong pairs (an overflow is flagged, the run loop
-      reallocates).
-    * Periodic: jax-md's own choice (``neighbor_list``: cells when ``cell_size < box / 3``): with
-      fractional positions, cells of 1 / floor(width / (cutoff + skin)), width the narrowest face
-      distance, so from 4 cells per side; with Cartesian ones cells of cutoff + skin, from a side
-      of 3·(cutoff + skin). Else N².
-
-    Args:
-        settings: from :func:`energy_neighbor_list`. positions: (N, 3), as the list takes them.
-        box: the current box (jax-md's ``box`` keyword), periodic only.
-    """
-    cutoff = settings.list_cutoff
-    if settings.free:
-        n_atoms = np.shape(positions)[0]
-        if settings.cell_list is False or (settings.cell_list is None and n_atoms < FREE_CELL_LIST_MIN_ATOMS):
-            return None
-        R = np.asarray(positions, np.float64)
-        lo, hi = R.min(axis=0), R.max(axis=0)
-        # whole cells of cutoff + skin, ≥ 1 cell free either side, k + ½ so that floor(side / cutoff) = k ≥ 3
-        k = np.maximum(np.ceil((hi - lo) / cutoff) + 2.0, 3.0)
-        sides = (k + 0.5) * cutoff
-        offset = (cutoff - lo).astype(np.asarray(positions).dtype)
-        return CellGrid(box=tuple(float(x) for x in sides), cell_size=cutoff, offset=offset)
-    if settings.cell_list is False:
-        return None
-    current = settings.box if box is None else box
-    zero = np.zeros(3, np.asarray(positions).dtype)
-    if settings.fractional:
-        size = float(partition._fractional_cell_size(jnp.asarray(current), cutoff))
-        return CellGrid(box=1.0, cell_size=size, offset=zero) if size < 1.0 / 3.0 else None
-    if np.all(cutoff < np.asarray(current, np.float64) / 3.0):
-        return CellGrid(box=current, cell_size=cutoff, offset=zero)
-    return None
 
 
 def _check_periodic_box(box, fractional_coordinates: bool, cutoff: float, skin: float) -> None:

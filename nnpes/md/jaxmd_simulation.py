@@ -23,9 +23,10 @@ from jax_md import space
 
 from nnpes import memory
 from nnpes.errors import ConfigError
+from nnpes.md.cell_lists import ListSettings, cell_grid
 from nnpes.md.config import MDConfig, configure
 from nnpes.md.ensembles import Ensemble, ensemble, require_cell
-from nnpes.md.jaxmd_energy import ListSettings, cell_grid, energy_neighbor_list, quiet_jax_md
+from nnpes.md.jaxmd_energy import energy_neighbor_list, quiet_jax_md
 from nnpes.md.structure import IN_MEMORY, check_structure, start_time_fs
 from nnpes.md.units import FS, KB
 from nnpes.md.velocities import initial_momenta

@@ -5,6 +5,10 @@ truncated list. So after every chunk the flag is checked on the host; on overflo
 reallocated with more room and the chunk is computed again from the last good state, so a run's
 trajectory does not depend on when the list overflowed. Reallocations and compilations (read
 from :mod:`nnpes.compilation`) are counted and reported.
+
+Memory: before its first list, a structure of :data:`~nnpes.md.jaxmd_simulation.MEMORY_CHECK_MIN_ATOMS`
+atoms or more is estimated (:func:`~nnpes.md.jaxmd_simulation.check_memory`) and refused with a
+one-line ModelError when it would not fit. Slow phases are logged (logger ``nnpes.md``, INFO).
 """
 
 from __future__ import annotations
@@ -190,10 +194,6 @@ def run(
     Returns:
         :class:`MDResult`; its ``state`` and ``neighbor`` continue the run.
 
-    Memory: a structure of :data:`~nnpes.md.jaxmd_simulation.MEMORY_CHECK_MIN_ATOMS` atoms or more
-    is estimated first (:func:`~nnpes.md.jaxmd_simulation.check_memory`) and refused with a
-    one-line ModelError when it would not fit. Slow phases are logged (logger ``nnpes.md``, INFO).
-
     Overflow handling: after each chunk the list's overflow flag is read; if set, the list is
     reallocated at the chunk's starting state with room for the pairs the chunk needed
     (times ``capacity_multiplier``) and the chunk recomputed, so the trajectory equals one run
@@ -235,17 +235,10 @@ def run(
         if callback is not None:
             callback(done, steps)
     wall = time.perf_counter() - t_start
+    columns = _columns(sim, frames, steps, sim.start_time_fs if start_time_fs is None else float(start_time_fs))
     return md_result(
-        _columns(sim, frames, steps, sim.start_time_fs if start_time_fs is None else float(start_time_fs)),
-        numbers=sim.numbers,
-        pbc=np.full(3, sim.periodic),
-        options=sim.options,
-        steps=steps,
-        wall_s=wall,
+        columns, numbers=sim.numbers, pbc=np.full(3, sim.periodic), options=sim.options, steps=steps, wall_s=wall,
         steps_per_s=timed_steps / timed_s if timed_s > 0 else steps / wall,
-        compilations=compilation.count(*TRACED) - compiled_before,
-        backend="jax-md",
-        neighbor_reallocations=reallocations,
-        state=state,
-        neighbor=nbrs,
-    )
+        compilations=compilation.count(*TRACED) - compiled_before, backend="jax-md",
+        neighbor_reallocations=reallocations, state=state, neighbor=nbrs,
+    )  # fmt: skip

@@ -18,7 +18,7 @@ import nnpes
 from nnpes.data.neighbors import neighbor_list
 from nnpes.errors import ModelError
 from nnpes.md import energy_neighbor_list
-from nnpes.md.jaxmd_energy import FREE_CELL_LIST_MIN_ATOMS, ListSettings, cell_grid
+from nnpes.md.cell_lists import FREE_CELL_LIST_MIN_ATOMS, ListSettings, cell_grid
 from nnpes.md.jaxmd_simulation import MEMORY_CHECK_MIN_ATOMS, estimate_memory, simulation
 from nnpes.md.loop import run
 
