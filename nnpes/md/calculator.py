@@ -60,11 +60,12 @@ def _graph(floats, ints, n_node: int, n_edge: int) -> jraph.GraphsTuple:
 _COMPILED: dict[tuple, object] = {}  # (potential's treedef, padded shape, stress) → compiled program
 
 
-def _compiled(treedef, n_node: int, n_edge: int, stress: bool, leaves, arrays):
+def _compiled(treedef, signature: tuple, n_node: int, n_edge: int, stress: bool, leaves, arrays):
     """The compiled program of one potential (its treedef: model, cutoff, species table, dtype)
     and padded shape, compiled ahead of time on first use and shared by every calculator of
-    that potential. Refuses (one line) a program that needs more memory than is available."""
-    key = (treedef, n_node, n_edge, stress, arrays[0].dtype)  # arrays: (floats, ints) of _padded
+    that potential (``signature``: its arrays' shapes and dtypes). Refuses (one line) a program
+    that needs more memory than is available."""
+    key = (treedef, signature, n_node, n_edge, stress, arrays[0].dtype)  # arrays: (floats, ints) of _padded
     if key not in _COMPILED:
 
         def call(leaves, arrays):
@@ -111,6 +112,7 @@ class Calculator(_AseCalculator):
         # the potential's arrays, on the device once; its static parts (model, cutoff) in the treedef
         leaves, self._treedef = jax.tree.flatten(self.potential)
         self._leaves = jax.device_put(leaves)
+        self._signature = tuple((x.shape, str(x.dtype)) for x in self._leaves)
         self._e0 = np.asarray(self.potential.e0, np.float64)  # eV per species, for Σ E0 on the host
         self._species_of: tuple[bytes, np.ndarray, float] | None = None  # (numbers, species, Σ E0), last call
 
@@ -131,7 +133,7 @@ class Calculator(_AseCalculator):
 
     def _function(self, n_node: int, n_edge: int, stress: bool, arrays: tuple):
         """The compiled energy/forces(/stress) call for one padded shape (see :func:`_compiled`)."""
-        return _compiled(self._treedef, n_node, n_edge, stress, self._leaves, arrays)
+        return _compiled(self._treedef, self._signature, n_node, n_edge, stress, self._leaves, arrays)
 
     def _species(self, numbers: np.ndarray) -> np.ndarray:
         """Species indices of ``numbers`` (the last structure's, when unchanged; with them their
