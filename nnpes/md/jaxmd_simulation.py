@@ -214,16 +214,13 @@ class MemoryEstimate:
 
 
 def _count_pairs(sim: Simulation, cutoff: float) -> int:
-    """Directed pairs closer than ``cutoff`` (Å) in the start structure (vesin, O(N), only the
-    count is kept: 8 bytes per pair while counting)."""
-    import vesin
+    """Directed pairs closer than ``cutoff`` (Å) in the start structure: the host neighbour
+    list every nnpes entry point uses (:func:`nnpes.data.neighbors.neighbor_list`, O(N))."""
+    from nnpes.data.neighbors import neighbor_list
 
-    positions = np.ascontiguousarray(sim.real_positions(sim.positions), np.float64)
+    positions = np.asarray(sim.real_positions(sim.positions), np.float64)
     cell = np.asarray(sim.box, np.float64).T if sim.periodic else np.zeros((3, 3))
-    (i,) = vesin.NeighborList(cutoff=float(cutoff), full_list=True).compute(
-        points=positions, box=cell, periodic=sim.periodic, quantities="i"
-    )
-    return len(i)
+    return len(neighbor_list(positions, cell, np.full(3, sim.periodic), cutoff).senders)
 
 
 def estimate_memory(sim: Simulation) -> MemoryEstimate:
