@@ -1,21 +1,26 @@
 """Accuracy of peer frameworks at the quick start's budget: nnpes vs apax (GMNN) vs mlip (MACE).
 
     .venv/bin/python benchmarks/peers.py [--apax-python ../peer-venvs/apax/bin/python]
-        [--mlip-python ../peer-venvs/mlip/bin/python] [--budget-s 180] [--json FILE]
+        [--mlip-python ../peer-venvs/mlip/bin/python] [--budget-s 180] [--data quickstart|rmd17]
+        [--nnpes "NAME;CONFIG[;KEY=VALUE...]" ...] [--json FILE]
 
-Every framework trains on the 100 rMD17 ethanol frames shipped in nnpes
-(``nnpes/data/files/ethanol_train.xyz``: energies eV, forces eV/Å) under the same wall-clock
-budget, data loading and compilation included, one after another (never in parallel) on the
-CPU, and is tested on the 1 000-frame rMD17 ethanol test set (--test). The table gives the
+Every framework trains on the same frames under the same wall-clock budget, data loading and
+compilation included, one after another (never in parallel) on the CPU, and is tested on the
+1 000-frame rMD17 ethanol test set (--test). --data quickstart: the 100 rMD17 ethanol frames
+shipped in nnpes (``nnpes/data/files/ethanol_train.xyz``: energies eV, forces eV/Å), the last
+10 for validation; --data rmd17: the 1 000 train frames of ``../shared/data/rmd17``, the last
+50 for validation. The driver writes the two files into each framework's work directory and
+every framework reads those. The table gives the
 wall-clock of each training subprocess (interpreter start to exit, s), the energy MAE per
 molecule (meV) and the force-component MAE (meV/Å); the JSON (--json) adds the settings.
 
 Rows:
-    nnpes  ``python -P -m nnpes train configs/quickstart.yaml --workdir DIR
-           training.time_budget_s=BUDGET training.progress=false`` (NequIP, 16 channels, l <= 2,
-           2 layers; its own seeded 90 / 10 split of the same 100 frames), then ``python -P -m
+    nnpes  one row per --nnpes NAME;CONFIG;OVERRIDES (default: quickstart;configs/quickstart.yaml,
+           NequIP, 16 channels, l <= 2, 2 layers): ``python -P -m nnpes train CONFIG --workdir
+           DIR data.train=DIR/train.xyz data.validation=DIR/val.xyz data.test=null
+           training.time_budget_s=BUDGET training.progress=false OVERRIDES``, then ``python -P -m
            nnpes evaluate DIR/model TEST --json FILE``. The budget counts from the start of
-           ``train()``; it stops there or at the config's 12 000 steps, whichever comes first.
+           ``train()``; it stops there or at the config's step cap, whichever comes first.
            (-P: the interpreter's installed nnpes, not a ./nnpes in the cwd.)
     apax   apax 0.14.0, its default GMNN model (nn 256x256, 5 radial, 8 contractions, 16 Bessel
            functions, r_c 5 A) and the settings of ``apax template train --full`` (batch 4,
@@ -35,8 +40,6 @@ Rows:
            ``save_model_to_zip`` and predicted with ``run_batched_inference``. mlip builds its
            parameters un-jitted (about a thousand small XLA compilations), which the budget
            counts like any compilation.
-
-Peers train on the first 90 frames of the file and validate on the last 10.
 
 Each peer lives in its own virtualenv, so that their dependencies (tensorflow for apax, ...)
 stay out of nnpes's:
@@ -64,25 +67,36 @@ import numpy as np
 from _harness import emit, fmt, run_limited
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_XYZ = os.path.join(ROOT, "nnpes", "data", "files", "ethanol_train.xyz")
-TEST_XYZ = os.path.join(os.path.dirname(ROOT), "shared", "data", "rmd17", "ethanol_test.xyz")
+RMD17 = os.path.join(os.path.dirname(ROOT), "shared", "data", "rmd17")
+TEST_XYZ = os.path.join(RMD17, "ethanol_test.xyz")
 PEER_VENVS = os.path.join(os.path.dirname(ROOT), "peer-venvs")  # beside the repository
-N_TRAIN = 90  # peers: frames [0, 90) train, [90, 100) validation
+DATA = {  # --data: (training file, validation frames = its last ones)
+    "quickstart": (os.path.join(ROOT, "nnpes", "data", "files", "ethanol_train.xyz"), 10),
+    "rmd17": (os.path.join(RMD17, "ethanol_train.xyz"), 50),
+}
+NNPES_DEFAULT = "quickstart;configs/quickstart.yaml"
 CUTOFF_A = 5.0
 BATCH_SIZE = 4  # as nnpes's quick start
 MACE = {"num_channels": 32, "l_max": 2, "num_layers": 2, "correlation": 3}
 
 
 # -- workers: run with a peer's interpreter (numpy, ase and the peer only) ---------------------
-def _split(workdir: str) -> tuple[str, str]:
-    """Write the first N_TRAIN frames and the rest of TRAIN_XYZ to workdir; return the paths."""
+def write_split(train_xyz: str, n_validation: int, workdir: str) -> tuple[str, str]:
+    """Write all but the last ``n_validation`` frames of train_xyz to workdir/train.xyz and those
+    to workdir/val.xyz (every framework trains and validates on these two files); return the paths."""
     import ase.io
 
-    frames = ase.io.read(TRAIN_XYZ, ":")
-    paths = os.path.join(workdir, "train.xyz"), os.path.join(workdir, "val.xyz")
-    ase.io.write(paths[0], frames[:N_TRAIN])
-    ase.io.write(paths[1], frames[N_TRAIN:])
+    frames = ase.io.read(train_xyz, ":")
+    if not 0 < n_validation < len(frames):
+        raise SystemExit(f"{train_xyz}: {len(frames)} frames, cannot keep {n_validation} for validation")
+    paths = _split(workdir)
+    ase.io.write(paths[0], frames[:-n_validation])
+    ase.io.write(paths[1], frames[-n_validation:])
     return paths
+
+
+def _split(workdir: str) -> tuple[str, str]:
+    return os.path.join(workdir, "train.xyz"), os.path.join(workdir, "val.xyz")
 
 
 def _save_predictions(path: str, energies_ev, forces_ev_per_a) -> None:
@@ -94,6 +108,7 @@ def _save_predictions(path: str, energies_ev, forces_ev_per_a) -> None:
 
 
 def apax_train(workdir: str, budget_s: float) -> None:
+    import ase.io
     from apax.train.run import run
 
     t0 = time.perf_counter()
@@ -108,7 +123,7 @@ def apax_train(workdir: str, budget_s: float) -> None:
             "train_data_path": train_xyz,
             "val_data_path": val_xyz,
             "batch_size": BATCH_SIZE,
-            "valid_batch_size": 100 - N_TRAIN,
+            "valid_batch_size": len(ase.io.read(val_xyz, ":")),
         },
         "model": {"name": "gmnn", "basis": {"name": "bessel", "n_basis": 16, "r_max": CUTOFF_A}},
         "loss": [{"name": "energy"}, {"name": "forces", "weight": 4.0}],
@@ -164,8 +179,11 @@ def mlip_train(workdir: str, budget_s: float) -> None:
     from mlip.training.training_io_handler import LogCategory
 
     t0 = time.perf_counter()
-    frames = ase.io.read(TRAIN_XYZ, ":")
-    readers = {"train": ASEAtomsReader(frames[:N_TRAIN]), "validation": ASEAtomsReader(frames[N_TRAIN:])}
+    train_xyz, val_xyz = _split(workdir)
+    readers = {
+        "train": ASEAtomsReader(ase.io.read(train_xyz, ":")),
+        "validation": ASEAtomsReader(ase.io.read(val_xyz, ":")),
+    }
     builder = GraphDatasetBuilder(
         readers, GraphDatasetBuilder.Config(graph_cutoff_angstrom=CUTOFF_A, batch_size=BATCH_SIZE)
     )
@@ -255,7 +273,17 @@ def maes(pred_npz: str, ref) -> dict:
     }
 
 
-def run_nnpes(python: str, args, workdir: str) -> dict:
+def parse_nnpes(spec: str) -> tuple[str, str, list[str]]:
+    """``NAME;CONFIG[;KEY=VALUE...]`` → (name, config path, overrides) of one nnpes row."""
+    name, config, *overrides = [part.strip() for part in spec.split(";")]
+    if not name or not config:
+        raise SystemExit(f"--nnpes {spec!r}: expected NAME;CONFIG[;KEY=VALUE...]")
+    return name, config if os.path.isabs(config) else os.path.join(ROOT, config), overrides
+
+
+def run_nnpes(python: str, spec: str, args, workdir: str) -> dict:
+    name, config, overrides = parse_nnpes(spec)
+    train_xyz, val_xyz = _split(workdir)
     # -P: import the interpreter's installed nnpes, not whatever ./nnpes the cwd holds
     train = run_limited(
         [
@@ -264,16 +292,21 @@ def run_nnpes(python: str, args, workdir: str) -> dict:
             "-m",
             "nnpes",
             "train",
-            os.path.join(ROOT, "configs", "quickstart.yaml"),
+            config,
             "--workdir",
             workdir,
+            f"data.train={train_xyz}",
+            f"data.validation={val_xyz}",
+            "data.test=null",
             f"training.time_budget_s={args.budget_s:g}",
             "training.progress=false",
+            *overrides,
         ],
         args.budget_s + args.slack_s,
         args.memory_gb,
     )
-    row = {"framework": "nnpes (NequIP)", "train_wall_s": train["wall_s"]}
+    row = {"framework": f"nnpes {name}", "config": os.path.relpath(config, ROOT), "overrides": overrides}
+    row["train_wall_s"] = train["wall_s"]
     result_json = os.path.join(workdir, "result.json")  # nnpes train prints no RESULT line: read its summary
     if not os.path.isfile(result_json):
         return {**row, "status": f"train {train['status']}"}
@@ -343,7 +376,21 @@ def main() -> None:
         "--mlip-python", default=os.path.join(PEER_VENVS, "mlip", "bin", "python"), help="interpreter of mlip's venv"
     )
     p.add_argument("--nnpes-python", default=sys.executable, help="interpreter with nnpes installed")
-    p.add_argument("--frameworks", nargs="+", default=["nnpes", "apax", "mlip"])
+    p.add_argument("--frameworks", nargs="+", default=["nnpes", "apax", "mlip"], choices=["nnpes", "apax", "mlip"])
+    p.add_argument(
+        "--data",
+        default="quickstart",
+        choices=list(DATA),
+        help="quickstart: the 100 shipped frames (90 + 10); "
+        "rmd17: the 1 000 rMD17 ethanol train frames of ../shared/data (950 + 50)",
+    )
+    p.add_argument(
+        "--nnpes",
+        action="append",
+        metavar="NAME;CONFIG[;KEY=VALUE...]",
+        help="an nnpes row (repeatable): "
+        f"name, config (relative to the repository) and config overrides; default {NNPES_DEFAULT!r}",
+    )
     p.add_argument("--test", default=TEST_XYZ, help="labelled test set (extxyz)")
     p.add_argument("--workdir", default=os.path.join(ROOT, "benchmarks", "results", "peers"))
     p.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "peers.json"))
@@ -352,23 +399,35 @@ def main() -> None:
     p.add_argument("--memory-gb", type=float, default=64.0, help="address-space limit per subprocess, GiB")
     args = p.parse_args()
     ref = reference(args.test)
+    train_xyz, n_validation = DATA[args.data]
+    runs = []  # (work directory name, framework, nnpes spec)
+    for name in args.frameworks:
+        if name == "nnpes":
+            runs += [(parse_nnpes(spec)[0], name, spec) for spec in args.nnpes or [NNPES_DEFAULT]]
+        else:
+            runs.append((name, name, None))
     rows = []
-    for name in args.frameworks:  # one after another: each training gets both cores
-        workdir = os.path.join(args.workdir, name)
+    for dirname, name, spec in runs:  # one after another: each training gets both cores
+        workdir = os.path.join(args.workdir, dirname)
         shutil.rmtree(workdir, ignore_errors=True)
         os.makedirs(workdir)
+        write_split(train_xyz, n_validation, workdir)
         if name == "nnpes":
-            rows.append(run_nnpes(args.nnpes_python, args, workdir))
+            rows.append(run_nnpes(args.nnpes_python, spec, args, workdir))
         else:
             label = {"apax": "apax 0.14.0 (GMNN)", "mlip": "mlip 0.2.5 (MACE)"}[name]
             rows.append(run_peer(name, label, getattr(args, f"{name}_python"), args, workdir, ref))
-        print(f"{name}: {rows[-1]['status']}", file=sys.stderr, flush=True)
+        rows[-1]["workdir"] = workdir
+        print(f"{dirname}: {rows[-1]['status']}", file=sys.stderr, flush=True)
 
-    print(f"\nrMD17 ethanol, 90 + 10 training frames, {args.budget_s:g} s budget, tested on {len(ref[0])} frames")
-    print(f"{'framework':22s} {'train s':>8s} {'E MAE meV':>10s} {'F MAE meV/Å':>12s}  status")
+    print(
+        f"\nrMD17 ethanol ({args.data}: last {n_validation} frames of {train_xyz} for validation), "
+        f"{args.budget_s:g} s budget, tested on {len(ref[0])} frames"
+    )
+    print(f"{'framework':28s} {'train s':>8s} {'E MAE meV':>10s} {'F MAE meV/Å':>12s}  status")
     for r in rows:
         print(
-            f"{r['framework']:22s} {fmt(r.get('train_wall_s'), '.1f'):>8s} "
+            f"{r['framework']:28s} {fmt(r.get('train_wall_s'), '.1f'):>8s} "
             f"{fmt(r.get('energy_mae_mev'), '.2f'):>10s} {fmt(r.get('forces_mae_mev_per_a'), '.2f'):>12s}  "
             f"{r['status']}"
         )
@@ -378,9 +437,9 @@ def main() -> None:
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
         "budget_s": args.budget_s,
-        "train_data": TRAIN_XYZ,
+        "train_data": train_xyz,
         "test_data": args.test,
-        "peer_split": f"first {N_TRAIN} frames train, last {100 - N_TRAIN} validation",
+        "split": f"every framework: the last {n_validation} frames validation, the others train",
         "units": {"train_wall_s": "s", "energy_mae_mev": "meV per molecule", "forces_mae_mev_per_a": "meV/Å"},
     }
     with open(args.json, "w") as f:
