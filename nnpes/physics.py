@@ -29,10 +29,22 @@ def edge_vectors(positions, cell, graph: jraph.GraphsTuple) -> jnp.ndarray:
     Args:
         positions: (N, 3) Å. cell: (G, 3, 3) lattice rows per graph, Å.
     """
-    edge_graph = graph_index(graph.n_edge, graph.senders.shape[0])
+    edge_graph = graph_index(graph.n_node, positions.shape[0])[graph.receivers]
     shifts = graph.edges["shifts"].astype(positions.dtype)
     offsets = jnp.einsum("ei,eij->ej", shifts, cell[edge_graph])
     return positions[graph.senders] - positions[graph.receivers] + offsets
+
+
+def edge_padding_mask(graph: jraph.GraphsTuple) -> jnp.ndarray:
+    """(E,) True for the edges of real graphs: those whose receiver is a real node. Unlike
+    jraph's, it does not assume that padding edges come last (the mirrored layout has them at
+    the end of each half)."""
+    return jraph.get_node_padding_mask(graph)[graph.receivers]
+
+
+def is_mirrored(graph: jraph.GraphsTuple) -> bool:
+    """Whether the graph's edges are in the mirrored layout (:mod:`nnpes.data.graph`): static."""
+    return isinstance(graph.edges, dict) and "mirrored" in graph.edges
 
 
 def graph_index(counts: jnp.ndarray, total: int) -> jnp.ndarray:
@@ -50,7 +62,17 @@ def safe_edges(vectors: jnp.ndarray, edge_mask: jnp.ndarray, cutoff: float):
 
 
 def site_energies_from_vectors(
-    potential: Potential, vectors, species, senders, receivers, edge_mask, *, positions=None, cell=None, node_graph=None
+    potential: Potential,
+    vectors,
+    species,
+    senders,
+    receivers,
+    edge_mask,
+    *,
+    positions=None,
+    cell=None,
+    node_graph=None,
+    mirrored: bool = False,
 ):
     """(interaction, reference) site energies, eV, each (N,), from raw edge vectors r_ij (E, 3) Å.
 
@@ -58,9 +80,10 @@ def site_energies_from_vectors(
     (:func:`total_energy`, the jax-md adaptor) may pass any superset of the true pairs.
     ``positions`` (N, 3) Å, ``cell`` (G, 3, 3) Å and ``node_graph`` (N,) are handed to the
     potential's physical terms that need the whole cell (see :class:`nnpes.terms.TermInputs`).
+    ``mirrored``: the edges are in the mirrored layout (edge E/2 + k is edge k reversed).
     """
     vectors, edge_mask = safe_edges(vectors, edge_mask, potential.cutoff)
-    inputs = TermInputs(vectors, edge_mask, species, senders, receivers, positions, cell, node_graph)
+    inputs = TermInputs(vectors, edge_mask, species, senders, receivers, positions, cell, node_graph, mirrored)
     return potential.site_energies(potential.params, inputs)
 
 
@@ -79,7 +102,7 @@ def total_energy(potential: Potential, positions, cell, graph: jraph.GraphsTuple
     n_graph = graph.n_node.shape[0]
     node_graph = graph_index(graph.n_node, n_node)
     node_mask = jraph.get_node_padding_mask(graph)
-    edge_mask = jraph.get_edge_padding_mask(graph)
+    edge_mask = edge_padding_mask(graph)
 
     if strain is not None:
         positions = positions + jnp.einsum("ni,nij->nj", positions, strain[node_graph])
@@ -95,6 +118,7 @@ def total_energy(potential: Potential, positions, cell, graph: jraph.GraphsTuple
         positions=positions,
         cell=cell,
         node_graph=node_graph,
+        mirrored=is_mirrored(graph),
     )
     interaction = jnp.where(node_mask, interaction, 0.0)
     reference = jnp.where(node_mask, reference, 0.0)

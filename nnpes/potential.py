@@ -133,9 +133,10 @@ class Potential(struct.PyTreeNode):
         They are kept apart so that losses compare interaction energies (float32 never
         subtracts two large totals) and totals add Σ E0 in float64 on the host.
         """
-        out = self.model.apply(
-            params, inputs.vectors, inputs.species, inputs.senders, inputs.receivers, inputs.edge_mask
-        )
+        args = (params, inputs.vectors, inputs.species, inputs.senders, inputs.receivers, inputs.edge_mask)
+        # a family that reads the mirrored layout (nnpes.data.neighbors) is told so; others see a full list
+        uses_mirror = inputs.mirrored and getattr(self.model, "reads_mirrored_edges", False)
+        out = self.model.apply(*args, mirrored=True) if uses_mirror else self.model.apply(*args)
         interaction = self.scale.astype(out.dtype)[inputs.species] * out
         for term in self.terms:
             interaction = interaction + term.site_energies(inputs).astype(out.dtype)

@@ -38,6 +38,8 @@ class TermInputs:
         positions: (N, 3) Cartesian positions, Å, or None where a path has none to give.
         cell: (G, 3, 3) lattice rows per graph, Å (zeros: no periodicity), or None.
         node_graph: (N,) graph index of every node, or None.
+        mirrored: static; True when edge E/2 + k is edge k reversed (r_{E/2+k} = −r_k), the
+            layout of nnpes's neighbour lists and batches (see :mod:`nnpes.data.graph`).
     """
 
     vectors: jnp.ndarray
@@ -48,6 +50,7 @@ class TermInputs:
     positions: jnp.ndarray | None = None
     cell: jnp.ndarray | None = None
     node_graph: jnp.ndarray | None = None
+    mirrored: bool = struct.field(pytree_node=False, default=False)
 
 
 class Term(struct.PyTreeNode):

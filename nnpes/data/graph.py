@@ -2,12 +2,18 @@
 
 A graph stores topology and labels only; edge vectors are recomputed inside ``jit`` from
 positions, integer cell shifts and the cell, so that forces and stress are derivatives of the
-energy. Padding follows jraph's convention: one extra graph holds every padding node, padding
-edges join padding nodes, so padding can never touch a real atom.
+energy. Padding follows jraph's convention for nodes: one extra graph holds every padding node,
+and padding edges join padding nodes, so padding can never touch a real atom. Edges are not
+contiguous per graph (jraph's ``get_edge_padding_mask`` does not apply): in the mirrored layout
+the first half holds every frame's pairs and the second half the same pairs reversed, padding
+at the end of each half; an edge belongs to its receiver's graph
+(:func:`nnpes.physics.edge_padding_mask`).
 
 Layout (host numpy arrays):
     nodes:   positions (N, 3) Å, species (N,) int32, forces (N, 3) eV/Å
-    edges:   shifts (E, 3) int32
+    edges:   shifts (E, 3) int32; "mirrored": a (0,)-shaped marker, present when edge E/2 + k is
+             edge k reversed (the :class:`~nnpes.data.neighbors.NeighborList` layout, kept
+             across the batch: every frame's pairs, then every frame's reversed pairs)
     globals: cell (G, 3, 3) Å, energy (G,) eV, stress (G, 3, 3) eV/Å³,
              has_energy / has_forces / has_stress (G,) float 0/1 label masks
 """
@@ -22,7 +28,7 @@ import jraph
 import numpy as np
 
 from nnpes.data.io import Frame
-from nnpes.data.neighbors import neighbor_list
+from nnpes.data.neighbors import is_mirrored, neighbor_list
 from nnpes.errors import DataError, ModelError, where
 
 try:
@@ -149,14 +155,23 @@ def batch_graphs(
     n_node_arr = np.zeros(n_graph, np.int32)
     n_edge_arr = np.zeros(n_graph, np.int32)
 
+    # mirrored layout (see nnpes.data.neighbors) when every frame has it: pairs in the first
+    # half, the same pairs reversed at the same place in the second half
+    mirror = n_edge % 2 == 0 and all(is_mirrored(g.senders, g.receivers, g.shifts) for g in graphs)
+    half = n_edge // 2
     node0 = edge0 = 0
     for gi, g in enumerate(graphs):
-        ns, es = slice(node0, node0 + g.n_node), slice(edge0, edge0 + g.n_edge)
+        ns = slice(node0, node0 + g.n_node)
         positions[ns] = g.positions
         species[ns] = g.species
-        senders[es] = g.senders + node0
-        receivers[es] = g.receivers + node0
-        shifts[es] = g.shifts
+        if mirror:
+            p = g.n_edge // 2
+            where_to = np.r_[edge0 // 2 : edge0 // 2 + p, half + edge0 // 2 : half + edge0 // 2 + p]
+        else:
+            where_to = slice(edge0, edge0 + g.n_edge)
+        senders[where_to] = g.senders + node0
+        receivers[where_to] = g.receivers + node0
+        shifts[where_to] = g.shifts
         cell[gi] = g.cell
         if g.energy is not None:
             energy[gi], has["energy"][gi] = g.energy, 1
@@ -172,7 +187,7 @@ def batch_graphs(
 
     return jraph.GraphsTuple(
         nodes={"positions": positions, "species": species, "forces": forces},
-        edges={"shifts": shifts},
+        edges={"shifts": shifts, **({"mirrored": np.zeros(0, np.int8)} if mirror else {})},
         senders=senders,
         receivers=receivers,
         globals={"cell": cell, "energy": energy, "stress": stress, **{f"has_{k}": v for k, v in has.items()}},

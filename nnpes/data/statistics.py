@@ -128,17 +128,16 @@ def _descriptor_moments(model, graphs, batch_size: int, min_std: float) -> tuple
     """Per-species (mean, std), each (num_species, F), of ``model.descriptors`` over the atoms."""
     import jax
     import jax.numpy as jnp
-    import jraph
 
     from nnpes.data.graph import batch_graphs
-    from nnpes.physics import edge_vectors, safe_edges
+    from nnpes.physics import edge_padding_mask, edge_vectors, safe_edges
 
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
     @jax.jit
     def features(graph):
         vectors = edge_vectors(graph.nodes["positions"], graph.globals["cell"], graph)
-        vectors, mask = safe_edges(vectors, jraph.get_edge_padding_mask(graph), model.cutoff)
+        vectors, mask = safe_edges(vectors, edge_padding_mask(graph), model.cutoff)
         return model.apply(
             {}, vectors, graph.nodes["species"], graph.senders, graph.receivers, mask, method="descriptors"
         )

@@ -41,14 +41,14 @@ def resolve_dtype(dtype) -> np.dtype:
 
 def _graph(floats, ints, n_node: int, n_edge: int) -> jraph.GraphsTuple:
     """The padded GraphsTuple of one structure (+ its padding graph) from the two flat arrays the
-    calculator fills (:meth:`Calculator._padded`; one host-to-device copy each); labels are not
-    needed to evaluate."""
+    calculator fills (:meth:`Calculator._padded`; one host-to-device copy each), edges in the
+    mirrored layout (:mod:`nnpes.data.graph`); labels are not needed to evaluate."""
     e = n_edge
     offsets = np.cumsum([0, n_node, e, e, 3 * e, 2, 2])
     species, senders, receivers, shifts, n_nodes, n_edges = (ints[a:b] for a, b in zip(offsets[:-1], offsets[1:]))
     return jraph.GraphsTuple(
         nodes={"positions": floats[: 3 * n_node].reshape(n_node, 3), "species": species},
-        edges={"shifts": shifts.reshape(e, 3)},
+        edges={"shifts": shifts.reshape(e, 3), "mirrored": np.zeros(0, np.int8)},
         senders=senders,
         receivers=receivers,
         globals={"cell": floats[3 * n_node :].reshape(2, 3, 3)},
@@ -173,7 +173,8 @@ class Calculator(_AseCalculator):
         nl = neighbor_list(positions_a, cell, pbc, self.potential.cutoff)
         check_min_distance(positions_a, cell, pbc, _SOURCE, nl)
         n_edge_real = len(nl.senders)
-        n_node, n_edge = bucket(n + 1), bucket(n_edge_real)
+        n_node, n_edge = bucket(n + 1), bucket(n_edge_real)  # buckets are even: pairs and reversed pairs
+        p, half = n_edge_real // 2, n_edge // 2
         floats = np.zeros(3 * n_node + 18, self.dtype)
         floats[: 3 * n] = positions_a.ravel()
         floats[3 * n_node : 3 * n_node + 9] = np.asarray(cell).ravel()
@@ -181,8 +182,10 @@ class Calculator(_AseCalculator):
         ints[:n] = species
         e0, e = n_node, n_edge
         ints[e0 : e0 + 2 * e] = n_node - 1  # padding edges: padding node to itself
-        ints[e0 : e0 + n_edge_real] = nl.senders
-        ints[e0 + e : e0 + e + n_edge_real] = nl.receivers
-        ints[e0 + 2 * e : e0 + 2 * e + 3 * n_edge_real] = nl.shifts.ravel()
+        # the neighbour list's pairs at the start of the first half, reversed at the start of the second
+        to = np.r_[0:p, half : half + p]
+        ints[e0 + to] = nl.senders
+        ints[e0 + e + to] = nl.receivers
+        ints[e0 + 2 * e : e0 + 5 * e].reshape(e, 3)[to] = nl.shifts
         ints[-4:] = n, n_node - n, n_edge_real, n_edge - n_edge_real
         return (floats, ints), n_node, n_edge

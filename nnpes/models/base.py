@@ -84,6 +84,12 @@ class SiteModel(nn.Module):
         """Cut-off spheres a site output depends on (1: strictly local)."""
         return 1
 
+    @property
+    def reads_mirrored_edges(self) -> bool:
+        """True for families whose ``__call__`` takes ``mirrored=True``: then edge E/2 + k is
+        edge k reversed (:mod:`nnpes.data.neighbors`), and pair quantities may be computed once."""
+        return False
+
 
 def receptive_hops(model) -> int:
     """How many cut-off spheres a site output of ``model`` can see (its receptive field is

@@ -98,23 +98,39 @@ class EdgeMessages(nn.Module):
     cutoff: float
     num_basis: int
     envelope_p: int
+    both_directions: bool = False
 
     @nn.compact
     def __call__(self, acc, h, edges):
         """acc (N, D) per-atom sums; h (N,) sender features; edges = (vectors (B, 3) Å (safe
         non-zero vectors where masked), mask (B,), senders (B,), receivers (B,)).
+        ``both_directions``: each edge also stands for its reverse (vector −r, sender and
+        receiver swapped), whose radial weights are the same and whose Y_l(−r) = (−1)^l Y_l(r):
+        the basis and the radial MLP are evaluated once per pair.
         Returns (acc + the messages, None)."""
         vectors, mask, senders, receivers = edges
         lengths = jnp.linalg.norm(vectors, axis=-1)
         sh = e3nn.spherical_harmonics(self.sh_irreps, vectors, normalize=True, normalization="component")
         radial = bessel_basis(lengths, self.cutoff, self.num_basis)
         radial = radial * polynomial_envelope(lengths, self.cutoff, self.envelope_p)[:, None]
-        messages = sh_tensor_product(h[senders], sh, gate_irreps(e3nn.Irreps(self.target_irreps)).regroup())
-        mlp = MLP(tuple(self.radial_features) + (messages.irreps.num_irreps,), use_bias=False, layer_prefix="Dense")
+        mlp = MLP(
+            tuple(self.radial_features) + (self.message_irreps(h.irreps).num_irreps,),
+            use_bias=False,
+            layer_prefix="Dense",
+        )
         nn.share_scope(self, mlp)  # parameter names radial/Dense_<i>: those of saved models
         weights = mlp(radial) * mask[:, None].astype(radial.dtype)
+        if self.both_directions:
+            sign = jnp.concatenate([jnp.full(mul * ir.dim, ir.p, sh.dtype) for mul, ir in sh.irreps])
+            sh = e3nn.IrrepsArray(sh.irreps, jnp.concatenate([sh.array, sh.array * sign]))
+            senders, receivers = jnp.concatenate([senders, receivers]), jnp.concatenate([receivers, senders])
+            weights = jnp.concatenate([weights, weights])
+        messages = sh_tensor_product(h[senders], sh, gate_irreps(e3nn.Irreps(self.target_irreps)).regroup())
         messages = scale_irreps(messages, weights)
         return acc.at[receivers].add(messages.array), None
+
+    def message_irreps(self, features: e3nn.Irreps) -> e3nn.Irreps:
+        return message_irreps(features, self.sh_irreps, e3nn.Irreps(self.target_irreps))
 
 
 class Interaction(nn.Module):
@@ -136,6 +152,8 @@ class Interaction(nn.Module):
     num_basis: int
     envelope_p: int
 
+    both_directions: bool = False
+
     @nn.compact
     def __call__(self, x, species, edges):
         target = e3nn.Irreps(self.target_irreps)
@@ -144,6 +162,7 @@ class Interaction(nn.Module):
         msg_irreps = message_irreps(h.irreps, self.sh_irreps, target)
         acc = jnp.zeros((x.shape[0], msg_irreps.dim), h.dtype)
         fields = (self.radial_features, target, self.sh_irreps, self.cutoff, self.num_basis, self.envelope_p)
+        fields += (self.both_directions,)
         if edges[0].ndim == 2:
             acc, _ = EdgeMessages(*fields, name="radial")(acc, h, edges)
         else:
@@ -219,8 +238,12 @@ class NequIP(SiteModel):
     def receptive_hops(self) -> int:
         return int(self.num_layers)
 
+    @property
+    def reads_mirrored_edges(self) -> bool:
+        return True
+
     @nn.compact
-    def __call__(self, vectors, species, senders, receivers, edge_mask):
+    def __call__(self, vectors, species, senders, receivers, edge_mask, mirrored: bool = False):
         hidden = (
             e3nn.Irreps(self.hidden_irreps)
             if self.hidden_irreps
@@ -235,8 +258,12 @@ class NequIP(SiteModel):
         msg = message_irreps(hidden, sh_irreps, hidden)
         per_edge = hidden.dim + 3 * msg.dim + 2 * msg.num_irreps + 2 * sum(self.radial_features) + sh_irreps.dim
         per_edge *= vectors.dtype.itemsize
-        chunk = edge_chunk_size(senders.shape[0], per_edge, self.edge_chunk, self.edge_memory_mb)
         edges = (vectors, edge_mask, senders, receivers)
+        if mirrored:  # edge E/2 + k is edge k reversed: one pass over the pairs, both directions
+            edges = tuple(a[: a.shape[0] // 2] for a in edges)
+            per_edge *= 2
+        given = self.edge_chunk if self.edge_chunk is None or not mirrored else -(-self.edge_chunk // 2)
+        chunk = edge_chunk_size(edges[0].shape[0], per_edge, given, self.edge_memory_mb)
         if chunk:
             edges = split_edges(*edges, chunk, safe_vector(self.cutoff, vectors.dtype))
 
@@ -256,6 +283,7 @@ class NequIP(SiteModel):
                 self.cutoff,
                 self.num_basis,
                 self.envelope_p,
+                mirrored,
                 name=f"layer_{i}",
             )(x, species, edges)
         x = e3nn.flax.Linear(f"{self.readout_features}x0e", name="readout_hidden")(x.filter(keep=["0e"]))

@@ -19,6 +19,8 @@ from nnpes.data.graph import (
     species_indices,
 )
 from nnpes.data.io import frame_from_atoms
+from nnpes.data.neighbors import is_mirrored
+from nnpes.physics import edge_padding_mask
 
 pytestmark = pytest.mark.usefixtures("debug_nans")
 
@@ -56,14 +58,19 @@ def test_batch_masks_separate_real_and_padding(extra):
     assert batch.nodes["positions"].shape == (n_node, 3) and batch.senders.shape == (n_edge,)
     assert batch.n_node.sum() == n_node and batch.n_edge.sum() == n_edge and len(batch.n_node) == n_graph
     node_mask = np.asarray(jraph.get_node_padding_mask(batch))
-    edge_mask = np.asarray(jraph.get_edge_padding_mask(batch))
+    edge_mask = np.asarray(edge_padding_mask(batch))
     assert node_mask.sum() == real_nodes and node_mask[:real_nodes].all()
-    assert edge_mask.sum() == real_edges and edge_mask[:real_edges].all()
-    # padding edges join padding nodes only; real edges join real nodes of the same graph
-    assert np.all(batch.senders[real_edges:] >= real_nodes) and np.all(batch.receivers[real_edges:] >= real_nodes)
+    assert edge_mask.sum() == real_edges
+    # padding edges join padding nodes only; real edges join real nodes of the same graph, and
+    # each graph has as many edges as its n_edge says
+    assert np.all(batch.senders[~edge_mask] >= real_nodes) and np.all(batch.receivers[~edge_mask] >= real_nodes)
     node_graph = np.repeat(np.arange(n_graph), batch.n_node)
-    edge_graph = np.repeat(np.arange(n_graph), batch.n_edge)
-    assert np.all(node_graph[batch.senders] == edge_graph) and np.all(node_graph[batch.receivers] == edge_graph)
+    assert np.all(node_graph[batch.senders] == node_graph[batch.receivers])
+    np.testing.assert_array_equal(np.bincount(node_graph[batch.receivers], minlength=n_graph), batch.n_edge)
+    # the mirrored layout: edge E/2 + k is edge k reversed, padding included
+    assert ("mirrored" in batch.edges) == (n_edge % 2 == 0)
+    if n_edge % 2 == 0:
+        assert is_mirrored(batch.senders, batch.receivers, batch.edges["shifts"])
     # labels: flags exactly where a label exists; padding and empty graphs carry none
     g = batch.globals
     np.testing.assert_array_equal(g["has_energy"][:3], [1, 1, 0])

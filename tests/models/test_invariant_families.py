@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 
 import jax
-import jraph
 import numpy as np
 import pytest
 
@@ -20,7 +19,7 @@ from nnpes.data.neighbors import neighbor_list
 from nnpes.data.statistics import fit_model_statistics
 from nnpes.models import BehlerParrinello, DeepSets
 from nnpes.models.behler_parrinello import angular_grid, num_features, radial_grid
-from nnpes.physics import edge_vectors, evaluate, safe_edges
+from nnpes.physics import edge_padding_mask, edge_vectors, evaluate, safe_edges
 
 ETHANOL = os.path.join(os.path.dirname(nnpes.__file__), "data", "files", "ethanol_train.xyz")
 CUTOFF = 4.5
@@ -88,7 +87,7 @@ def _descriptors(frame, model):
     """The model's descriptors from a padded float64 graph (real atoms only)."""
     graph = batch_graphs([frame_to_graph(frame, model.cutoff, ATOMIC_NUMBERS)], dtype=np.float64)
     vectors = edge_vectors(graph.nodes["positions"], graph.globals["cell"], graph)
-    vectors, mask = safe_edges(vectors, jraph.get_edge_padding_mask(graph), model.cutoff)
+    vectors, mask = safe_edges(vectors, edge_padding_mask(graph), model.cutoff)
     out = jax.jit(lambda *a: model.apply({}, *a, method="descriptors"))(
         vectors, graph.nodes["species"], graph.senders, graph.receivers, mask
     )
