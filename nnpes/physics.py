@@ -42,7 +42,7 @@ def edge_padding_mask(graph: jraph.GraphsTuple) -> jnp.ndarray:
     return jraph.get_node_padding_mask(graph)[graph.receivers]
 
 
-def is_mirrored(graph: jraph.GraphsTuple) -> bool:
+def has_mirrored_edges(graph: jraph.GraphsTuple) -> bool:
     """Whether the graph's edges are in the mirrored layout (:mod:`nnpes.data.graph`): static."""
     return isinstance(graph.edges, dict) and "mirrored" in graph.edges
 
@@ -118,7 +118,7 @@ def total_energy(potential: Potential, positions, cell, graph: jraph.GraphsTuple
         positions=positions,
         cell=cell,
         node_graph=node_graph,
-        mirrored=is_mirrored(graph),
+        mirrored=has_mirrored_edges(graph),
     )
     interaction = jnp.where(node_mask, interaction, 0.0)
     reference = jnp.where(node_mask, reference, 0.0)

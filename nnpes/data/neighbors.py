@@ -24,7 +24,7 @@ class NeighborList(NamedTuple):
 SMALL_MOLECULE = 64  # atoms: up to here a molecule's pairs come from one N×N distance matrix
 
 
-def mirrored(senders: np.ndarray, receivers: np.ndarray, shifts: np.ndarray) -> NeighborList:
+def mirror_half_list(senders: np.ndarray, receivers: np.ndarray, shifts: np.ndarray) -> NeighborList:
     """The full list of a half list (each pair once): the pairs, then the same pairs reversed."""
     senders, receivers = np.asarray(senders, np.int32), np.asarray(receivers, np.int32)
     shifts = np.asarray(shifts, np.int32).reshape(-1, 3)
@@ -53,7 +53,7 @@ def _all_pairs(positions: np.ndarray, cutoff: float) -> NeighborList:
     d = positions[None, :, :] - positions[:, None, :]  # d[i, j] = R_j − R_i
     close = np.triu(np.einsum("ijk,ijk->ij", d, d) < cutoff**2, k=1)
     i, j = np.nonzero(close)
-    return mirrored(j, i, np.zeros((len(i), 3), np.int32))
+    return mirror_half_list(j, i, np.zeros((len(i), 3), np.int32))
 
 
 def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> NeighborList:
@@ -84,4 +84,4 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cuto
     i, j, shifts = vesin.NeighborList(cutoff=float(cutoff), full_list=False).compute(
         points=positions, box=cell, periodic=periodic, quantities="ijS"
     )
-    return mirrored(j, i, shifts)
+    return mirror_half_list(j, i, shifts)

@@ -151,7 +151,6 @@ class Interaction(nn.Module):
     cutoff: float
     num_basis: int
     envelope_p: int
-
     both_directions: bool = False
 
     @nn.compact
