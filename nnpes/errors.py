@@ -23,6 +23,24 @@ class TrainingError(NnpesError, RuntimeError):
     """Training went wrong while it ran (the loss became NaN or infinite)."""
 
 
+class SimulationError(NnpesError, RuntimeError):
+    """An MD run became unstable (non-finite numbers, or a temperature far above the run's):
+    ``result`` holds the frames recorded before it did (an ``MDResult``, or None if none were)."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run that keeps what it did: ``result`` holds it (for MD, an ``MDResult`` of
+    the steps completed, which continues the run from its last frame)."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result
+
+
 class LabelWarning(UserWarning):
     """Labels look suspicious but usable: likely wrong units, or a label absent from a file
     (one line naming the file), e.g. stress that looks like kbar (:mod:`nnpes.data.sanity`)."""

@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except NnpesError as e:
         print(f"nnpes {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"nnpes {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"nnpes {args.command}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return 130
 
 

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from nnpes.errors import ConfigError, DataError, NnpesError
+from nnpes.errors import ConfigError, DataError, Interrupted, NnpesError, SimulationError
 from nnpes.md.driver import BACKENDS
 from nnpes.md.ensembles import ENSEMBLE_NAMES, THERMOSTATS
 
@@ -54,6 +54,14 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--seed", type=int, default=0, metavar="S", help="initial velocities and Langevin noise (default: 0)"
     )
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="default: float32")
+    p.add_argument(
+        "--max-temperature",
+        type=float,
+        default=None,
+        metavar="K",
+        help="stop as unstable, keeping the frames before, when a recorded frame is hotter than this "
+        "(default: 10 x the target or start temperature, at least 3000 K)",
+    )
     p.add_argument("--skin", type=float, default=None, metavar="A", help="neighbour-list skin, Å (default: 1.0)")
     p.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="auto: jax-md when the structure allows it, else ASE"
@@ -88,6 +96,7 @@ OPTION_OF_KEY = {
     "dtype": "--dtype",
     "skin_a": "--skin",
     "every": "--every",
+    "max_temperature_k": "--max-temperature",
 }
 # options that only some ensembles read: giving one to another ensemble is refused, not ignored
 ENSEMBLES_OF_OPTION = {"thermostat": ("nvt",), "pressure": ("npt",), "tau_p": ("npt",), "tau_t": ("nvt", "npt")}
@@ -147,7 +156,7 @@ def _options(args: argparse.Namespace):
                 f"(it is an option of {' and '.join(ensembles)})"
             )
     given = {"thermostat": args.thermostat, "pressure_bar": args.pressure, "tau_t_fs": args.tau_t}
-    given |= {"tau_p_fs": args.tau_p, "skin_a": args.skin}
+    given |= {"tau_p_fs": args.tau_p, "skin_a": args.skin, "max_temperature_k": args.max_temperature}
     return from_options(
         OPTION_OF_KEY,
         ensemble=args.ensemble,
@@ -254,34 +263,61 @@ def main(args: argparse.Namespace) -> int:
         transient=True,
         disable=quiet,
     )
+    stopped = None
     with _status_lines(not quiet), progress:
         task = progress.add_task("md", total=args.steps)
-        result = run_md(
-            potential,
-            atoms,
-            args.steps,
-            options,
-            backend=args.backend,
-            callback=lambda done, total: progress.update(task, completed=done),
-            source=args.structure,
-        )
+        try:
+            result = run_md(
+                potential,
+                atoms,
+                args.steps,
+                options,
+                backend=args.backend,
+                callback=lambda done, total: progress.update(task, completed=done),
+                source=args.structure,
+            )
+        except (SimulationError, Interrupted) as e:  # keep what was done before writing why it ended
+            stopped, result = e, e.result
+    written = _write_outputs(args, result) if result is not None else "nothing written"
+    if isinstance(stopped, SimulationError):
+        raise SimulationError(f"{args.structure}: {stopped}; {written}") from None
+    if stopped is not None:
+        raise KeyboardInterrupt(f"{stopped}; {written}")
+    print(_summary_line(result))
+    return 0
 
+
+def _write_outputs(args: argparse.Namespace, result) -> str:
+    """Write the trajectory, thermo log and JSON summary asked for; say what was written.
+
+    When ``--out`` is the start structure's own file (a restart from a trajectory), the run is
+    appended to it without repeating the start frame, and so is the log to an existing ``--log``:
+    continuing a run never overwrites the frames before it."""
+    continued = args.out is not None and os.path.exists(args.out) and os.path.samefile(args.out, args.structure)
     if args.out:
-        _write("--out", args.out, result.write_trajectory)
+        _write("--out", args.out, lambda path: result.write_trajectory(path, append=continued, start=int(continued)))
     if args.log:
-        _write("--log", args.log, result.write_thermo)
-    summary = result.summary()
+        append = continued and os.path.exists(args.log)
+        _write("--log", args.log, lambda path: result.write_thermo(path, append=append, start=int(append)))
     if args.json:
-        _write("--json", args.json, lambda path: _dump_json(summary, path))
+        _write("--json", args.json, lambda path: _dump_json(result.summary(), path))
+    files = [path for path in (args.out, args.log, args.json) if path]
+    frames = f"{len(result.time_fs)} frame{'s' * (len(result.time_fs) != 1)}"
+    where = f"written to {', '.join(files)}" if files else "recorded (no --out, --log or --json given)"
+    return f"{frames} up to t = {result.time_fs[-1]:.6g} fs (step {result.steps}) {where}"
+
+
+def _summary_line(result) -> str:
+    """The line ``nnpes md`` prints at the end of a run."""
+    summary = result.summary()
     drift = summary["drift_mev_per_atom_per_ps"]
-    print(
+    return (
         f"{summary['ensemble']} ({summary['backend']}): {summary['atoms']} atoms, {summary['steps']} steps of "
         f"{summary['dt_fs']} fs, {summary['steps_per_s']:.1f} steps/s ({summary['ns_per_day']:.3f} ns/day), "
         f"T = {result.temperature_k[len(result.temperature_k) // 2 :].mean():.1f} K (second half)"
         + (f", drift {drift:+.4f} meV/atom/ps" if drift is not None else "")
         + f", {summary['neighbor_reallocations']} neighbour reallocations, {summary['compilations']} compilations"
     )
-    return 0
 
 
 def _dump_json(summary: dict, path: str) -> None:

@@ -10,13 +10,15 @@ from collections.abc import Callable
 import numpy as np
 
 from nnpes import compilation
+from nnpes.errors import DataError, Interrupted, SimulationError
 from nnpes.md.config import MDConfig, configure
 from nnpes.md.driver import check_steps
 from nnpes.md.ensembles import ensemble, require_cell
+from nnpes.md.guard import first_unstable, temperature_limit_k, unstable_message
 from nnpes.md.results import COLUMNS, MDResult, md_result
 from nnpes.md.structure import check_structure, start_time_fs
 from nnpes.md.units import BAR
-from nnpes.md.velocities import initial_momenta
+from nnpes.md.velocities import initial_momenta, temperature_k
 from nnpes.potential import Potential
 
 TRACED = ("energy_forces_stress",)  # the calculator's jitted function in nnpes.physics
@@ -70,29 +72,46 @@ def run_ase(
     dyn = ensemble(options).ase(atoms, options)
     compiled_before = compilation.count(*TRACED)
     frames, recorded, t0 = [], [], time.perf_counter()
+    limit = temperature_limit_k(options, float(temperature_k(np.array([atoms.get_kinetic_energy()]), len(atoms))[0]))
 
     def record():
         # once per step: whether ASE's observers fire at step 0 (and how often) differs between versions
         if recorded and recorded[-1] == dyn.nsteps:
             return
+        frame = _frame(atoms, dyn, options, periodic, start_time)
+        bad = first_unstable({k: [v] for k, v in zip(COLUMNS, frame)}, len(atoms), limit)
+        if bad is not None:
+            raise _Unstable(bad[1])
         recorded.append(dyn.nsteps)
-        frames.append(_frame(atoms, dyn, options, periodic, start_time))
+        frames.append(frame)
         if callback is not None and dyn.nsteps > 0:
             callback(dyn.nsteps, steps)
 
-    record()
-    dyn.attach(record, interval=options.every)
-    dyn.run(steps)
-    record()  # the last step, when it is not a multiple of every
-    wall = time.perf_counter() - t0
-    return md_result(
-        dict(zip(COLUMNS, zip(*frames))),
-        numbers=atoms.numbers.copy(),
-        pbc=atoms.pbc.copy(),
-        options=options,
-        steps=steps,
-        wall_s=wall,
-        steps_per_s=steps / wall,
-        compilations=compilation.count(*TRACED) - compiled_before,
-        backend="ase",
-    )
+    def result(stopped: str | None = None) -> MDResult | None:
+        if not frames:
+            return None
+        wall = time.perf_counter() - t0
+        return md_result(
+            dict(zip(COLUMNS, zip(*frames))), numbers=atoms.numbers.copy(), pbc=atoms.pbc.copy(), options=options,
+            steps=recorded[-1], wall_s=wall, steps_per_s=recorded[-1] / wall,
+            compilations=compilation.count(*TRACED) - compiled_before, backend="ase", stopped=stopped,
+        )  # fmt: skip
+
+    try:
+        record()
+        dyn.attach(record, interval=options.every)
+        dyn.run(steps)
+        record()  # the last step, when it is not a multiple of every
+    except KeyboardInterrupt:
+        done = recorded[-1] if recorded else 0
+        raise Interrupted(f"MD interrupted after {done} of {steps} steps", result("interrupted")) from None
+    except (_Unstable, DataError) as e:
+        # DataError: the calculator refused the structure the integrator made for the next step
+        step = dyn.nsteps + isinstance(e, DataError)
+        message = unstable_message(str(e), step, start_time + step * options.dt_fs, options.dt_fs)
+        raise SimulationError(message, result("unstable")) from None
+    return result()
+
+
+class _Unstable(Exception):
+    """Raised from inside ASE's integrator loop (an observer) to end an unstable run."""

@@ -37,6 +37,8 @@ class MDConfig(BaseModel):
         dtype: "float32" or "float64" (needs ``jax_enable_x64``).
         skin_a: neighbour-list skin, Å. capacity_multiplier: list headroom at allocation.
         every: record (and write) every this many steps.
+        max_temperature_k: a recorded frame hotter than this, K, stops the run as unstable
+            (:mod:`nnpes.md.guard`); None: 10 × the target or start temperature, at least 3 000 K.
 
     Construction raises :class:`nnpes.errors.ConfigError` (one line); so does :meth:`replace`.
     NaN and infinite numbers are refused.
@@ -55,6 +57,7 @@ class MDConfig(BaseModel):
     skin_a: float = Field(DEFAULT_SKIN_A, ge=0.0)
     capacity_multiplier: float = Field(DEFAULT_CAPACITY_MULTIPLIER, gt=0.0)
     every: int = Field(10, ge=1)
+    max_temperature_k: float | None = Field(None, gt=0.0)
 
     def __init__(self, **data: Any):
         try:

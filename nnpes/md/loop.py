@@ -13,6 +13,7 @@ one-line ModelError when it would not fit. Slow phases are logged (logger ``nnpe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -24,13 +25,17 @@ import numpy as np
 from jax import lax
 
 from nnpes import compilation
+from nnpes.errors import Interrupted, SimulationError
 from nnpes.md.driver import check_steps
+from nnpes.md.guard import first_unstable, temperature_limit_k, unstable_message
 from nnpes.md.jaxmd_energy import BoxTooSmallError, needs_reallocation, quiet_jax_md
 from nnpes.md.jaxmd_simulation import Simulation, check_memory, log
 from nnpes.md.results import MDResult, md_result
 from nnpes.md.units import BAR
+from nnpes.md.velocities import temperature_k
 
 TRACED = ("md_chunk", "md_observe")  # the names this loop's jitted functions count under
+UNSTABLE_OVERFLOWS = 2  # reallocations of one chunk after which an unstable chunk stops the run
 
 
 def _observe_fn(sim: Simulation):
@@ -206,39 +211,85 @@ def run(
     records = max(1, math.ceil(min(requested, max(steps, 1)) / every))
     chunk_steps = records * every  # chunks start on recorded steps
     chunk_fn, observe_fn = _functions(sim, records)
-    compiled_before = compilation.count(*TRACED)
-    t_start = time.perf_counter()
+    tally = _Tally(compiled_before=compilation.count(*TRACED))
+    start_time = sim.start_time_fs if start_time_fs is None else float(start_time_fs)
     if neighbor is None:  # before the first list of this size is allocated
         check_memory(sim, recorded_frames=math.ceil(steps / every) + 1, records_per_chunk=records)
-    state, nbrs, reallocations = _start(sim, state, neighbor)
+    state, nbrs, tally.reallocations = _start(sim, state, neighbor)
     log.info(f"compiling the MD step ({sim.n_atoms} atoms, {nbrs.idx.shape[1]} list slots) unless cached")
     params = sim.potential.params
-    frames = [jax.device_get(jax.tree.map(lambda x: x[None], observe_fn(state, nbrs, params)))]
+    first = jax.device_get(jax.tree.map(lambda x: x[None], observe_fn(state, nbrs, params)))
+    limit = temperature_limit_k(sim.options, float(temperature_k(first["ekin"], sim.n_atoms)[0]))
+    _stop_if_unstable(sim, [], first, 0, 0, limit, start_time, tally)
+    frames = [first]
 
-    done, timed_steps, timed_s, attempt = 0, 0, 0.0, 0
-    while done < steps:
-        n = min(chunk_steps, steps - done)
-        compiled, t0 = compilation.count(*TRACED), time.perf_counter()
-        new_state, new_nbrs, out = chunk_fn(state, nbrs, params, n)
-        jax.block_until_ready(new_state.position)
-        _check_box_kept(sim, new_nbrs, done, n)
-        if needs_reallocation(new_nbrs):
-            attempt, reallocations = attempt + 1, reallocations + 1
-            nbrs = _reallocate(sim, state, nbrs, new_state, attempt)
-            continue
-        if compilation.count(*TRACED) == compiled:
-            timed_steps, timed_s = timed_steps + n, timed_s + time.perf_counter() - t0
-        attempt, state, nbrs = 0, new_state, new_nbrs
-        n_rec = math.ceil(n / every)
-        frames.append(jax.device_get(jax.tree.map(lambda x: x[:n_rec], out)))  # noqa: B023 (used at once)
-        done += n
-        if callback is not None:
-            callback(done, steps)
-    wall = time.perf_counter() - t_start
-    columns = _columns(sim, frames, steps, sim.start_time_fs if start_time_fs is None else float(start_time_fs))
+    done, attempt = 0, 0
+    try:
+        while done < steps:
+            n = min(chunk_steps, steps - done)
+            compiled, t0 = compilation.count(*TRACED), time.perf_counter()
+            new_state, new_nbrs, out = chunk_fn(state, nbrs, params, n)
+            jax.block_until_ready(new_state.position)
+            _check_box_kept(sim, new_nbrs, done, n)
+            if needs_reallocation(new_nbrs):
+                if attempt >= UNSTABLE_OVERFLOWS:  # a list that never suffices: an exploding chunk?
+                    _stop_if_unstable(sim, frames, _host(out, math.ceil(n / every)), done, n, limit, start_time, tally)
+                attempt, tally.reallocations = attempt + 1, tally.reallocations + 1
+                nbrs = _reallocate(sim, state, nbrs, new_state, attempt)
+                continue
+            if compilation.count(*TRACED) == compiled:
+                tally.timed_steps, tally.timed_s = tally.timed_steps + n, tally.timed_s + time.perf_counter() - t0
+            chunk = _host(out, math.ceil(n / every))
+            _stop_if_unstable(sim, frames, chunk, done, n, limit, start_time, tally)
+            frames.append(chunk)
+            attempt, state, nbrs, done = 0, new_state, new_nbrs, done + n
+            if callback is not None:
+                callback(done, steps)
+    except KeyboardInterrupt:
+        result = _result(sim, frames, done, start_time, tally, state, nbrs, stopped="interrupted")
+        raise Interrupted(f"MD interrupted after {done} of {steps} steps", result) from None
+    return _result(sim, frames, steps, start_time, tally, state, nbrs)
+
+
+def _host(out: dict, count: int) -> dict:
+    """The first ``count`` recorded frames of a chunk's output, as numpy arrays."""
+    return jax.device_get(jax.tree.map(lambda x: x[:count], out))
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What a run counts as it goes: for the summary of :func:`run`'s result."""
+
+    compiled_before: int
+    reallocations: int = 0
+    timed_steps: int = 0
+    timed_s: float = 0.0
+    t_start: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+def _result(sim, frames, done, start_time, tally, state=None, nbrs=None, stopped=None) -> MDResult:
+    """The :class:`MDResult` of the recorded frames, ``done`` steps in."""
+    wall = time.perf_counter() - tally.t_start
     return md_result(
-        columns, numbers=sim.numbers, pbc=np.full(3, sim.periodic), options=sim.options, steps=steps, wall_s=wall,
-        steps_per_s=timed_steps / timed_s if timed_s > 0 else steps / wall,
-        compilations=compilation.count(*TRACED) - compiled_before, backend="jax-md",
-        neighbor_reallocations=reallocations, state=state, neighbor=nbrs,
+        _columns(sim, frames, done, start_time), numbers=sim.numbers, pbc=np.full(3, sim.periodic),
+        options=sim.options, steps=done, wall_s=wall,
+        steps_per_s=tally.timed_steps / tally.timed_s if tally.timed_s > 0 else done / wall,
+        compilations=compilation.count(*TRACED) - tally.compiled_before, backend="jax-md",
+        neighbor_reallocations=tally.reallocations, state=state, neighbor=nbrs, stopped=stopped,
     )  # fmt: skip
+
+
+def _stop_if_unstable(sim, frames, chunk, done, n, limit, start_time, tally) -> None:
+    """Raise :class:`SimulationError` when ``chunk``, the frames recorded over the ``n`` steps
+    from step ``done`` (n = 0: the start frame), holds an unstable frame; its result holds
+    ``frames`` and the chunk's frames before that one."""
+    bad = first_unstable(chunk, sim.n_atoms, limit)
+    if bad is None:
+        return
+    j, reason = bad
+    every = sim.options.every
+    step = done + min((j + 1) * every, n) if n else 0  # record j of a chunk is after (j + 1)·every steps
+    kept = [f for f in [*frames, jax.tree.map(lambda x: x[:j], chunk)] if len(f["ekin"])]
+    result = _result(sim, kept, done + j * every if n else 0, start_time, tally, stopped="unstable") if kept else None
+    message = unstable_message(reason, step, start_time + step * sim.options.dt_fs, sim.options.dt_fs)
+    raise SimulationError(message, result)

@@ -20,7 +20,9 @@ class MDResult:
     Arrays are float64 numpy in the structure's own frame: time_fs (M,), positions (M, N, 3) Å,
     velocities (M, N, 3) Å per ASE time unit, forces (M, N, 3) eV/Å, cells (M, 3, 3) rows Å,
     epot/ekin/etot (M,) eV, temperature_k (M,), pressure_bar and volume_a3 (M,) (NaN for a
-    molecule; pressure includes the kinetic term 2·E_kin/(3V)).
+    molecule; pressure includes the kinetic term 2·E_kin/(3V)). ``steps`` counts the steps done;
+    ``stopped`` is None for a run that did them all, else why it ended early ("unstable" or
+    "interrupted", :class:`nnpes.errors.SimulationError` / :class:`nnpes.errors.Interrupted`).
     """
 
     numbers: np.ndarray
@@ -45,6 +47,7 @@ class MDResult:
     backend: str
     state: object = None
     neighbor: object = None
+    stopped: str | None = None
 
     @property
     def etot(self) -> np.ndarray:
@@ -74,6 +77,7 @@ class MDResult:
             "drift_mev_per_atom_per_ps": self.drift_mev_per_atom_per_ps(),
             "neighbor_reallocations": int(self.neighbor_reallocations),
             "compilations": int(self.compilations),
+            "stopped": self.stopped,
         }
 
     def to_atoms(self, i: int):
@@ -87,18 +91,22 @@ class MDResult:
         atoms.info["time_fs"] = float(self.time_fs[i])
         return atoms
 
-    def write_trajectory(self, path: str, append: bool = False) -> None:
-        """extxyz with positions, velocities (momenta), energy and forces of every recorded frame."""
+    def write_trajectory(self, path: str, append: bool = False, start: int = 0) -> None:
+        """extxyz with positions, velocities (momenta), energy and forces of the recorded frames
+        from ``start`` on (1: not the start frame, when appending to the file the run began from)."""
         import ase.io
 
-        ase.io.write(path, [self.to_atoms(i) for i in range(len(self.time_fs))], format="extxyz", append=append)
+        frames = [self.to_atoms(i) for i in range(start, len(self.time_fs))]
+        ase.io.write(path, frames, format="extxyz", append=append)
 
-    def write_thermo(self, path: str) -> None:
-        """CSV: time_fs, epot_ev, ekin_ev, etot_ev, temperature_k, pressure_bar, volume_a3."""
+    def write_thermo(self, path: str, append: bool = False, start: int = 0) -> None:
+        """CSV: time_fs, epot_ev, ekin_ev, etot_ev, temperature_k, pressure_bar, volume_a3, a row
+        per recorded frame from ``start`` on; appended rows come without the header."""
         cols = np.column_stack(
             [self.time_fs, self.epot, self.ekin, self.etot, self.temperature_k, self.pressure_bar, self.volume_a3]
-        )
-        np.savetxt(path, cols, delimiter=",", fmt="%.15g", comments="", header=",".join(THERMO))
+        )[start:]
+        with open(path, "a" if append else "w") as f:
+            np.savetxt(f, cols, delimiter=",", fmt="%.15g", comments="", header="" if append else ",".join(THERMO))
 
 
 def md_result(
@@ -115,6 +123,7 @@ def md_result(
     neighbor_reallocations: int = 0,
     state=None,
     neighbor=None,
+    stopped: str | None = None,
 ) -> MDResult:
     """An :class:`MDResult` from recorded columns (the keys of ``COLUMNS``, frame-major), the
     temperature from the kinetic energy over 3N − 3 degrees of freedom."""
@@ -124,5 +133,5 @@ def md_result(
                     temperature_k=temperature_k(cols["ekin"], len(numbers)), ensemble=options.ensemble, steps=steps,
                     dt_fs=options.dt_fs, wall_s=wall_s, steps_per_s=steps_per_s,
                     neighbor_reallocations=neighbor_reallocations, compilations=compilations, backend=backend,
-                    state=state, neighbor=neighbor)
+                    state=state, neighbor=neighbor, stopped=stopped)
     # fmt: on

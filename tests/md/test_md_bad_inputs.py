@@ -57,6 +57,7 @@ CASES = [
     ("temperature-negative", "{d}/model {d}/start.xyz --temperature -5", "--temperature"),
     ("temperature-inf", "{d}/model {d}/start.xyz --temperature inf", "--temperature"),
     ("every-zero", "{d}/model {d}/start.xyz --every 0", "--every"),
+    ("max-temperature-zero", "{d}/model {d}/start.xyz --max-temperature 0", "--max-temperature"),
     ("pressure-with-nve", "{d}/model {d}/start.xyz --ensemble nve --pressure 5", "--pressure"),
     ("tau-p-with-nvt", "{d}/model {d}/start.xyz --tau-p 500", "--tau-p"),
     ("thermostat-with-npt", "{d}/model {d}/small_cell.xyz --ensemble npt --thermostat langevin", "--thermostat"),
