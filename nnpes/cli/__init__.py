@@ -7,6 +7,8 @@ cause are :class:`nnpes.errors.NnpesError` and are printed as one line (exit sta
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import warnings
 
@@ -54,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         from nnpes import compilation
 
         compilation.enable_persistent_cache()  # the entry point, not the library, sets process-wide options
+    terminated = []
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_as_interrupt(terminated):
             warnings.showwarning = _one_line_warning(args.command)
             warnings.simplefilter("always", LabelWarning)  # one per file and label, even when repeated
             return int(args.func(args) or 0)
@@ -63,8 +66,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nnpes {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        print(f"nnpes {args.command}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
-        return 130
+        how = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(f"nnpes {args.command}: {how}" + (f": {e}" if str(e) else ""), file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(received: list):
+    """SIGTERM (what batch schedulers send before their time limit, and ``kill``'s default) ends a
+    verb the way Ctrl-C does, so training writes its checkpoint and model and MD its frames;
+    ``received`` records that it came. Only the main thread can take signals: elsewhere, nothing."""
+
+    def handler(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line_warning(command: str):

@@ -31,6 +31,7 @@ def test_md_options_is_the_validated_config_with_the_same_fields_and_defaults():
         "skin_a": 1.0,
         "capacity_multiplier": 1.5,
         "every": 10,
+        "max_temperature_k": None,
     }
     assert MDOptions(ensemble="nvt", dt_fs=0.5).ensemble == "nvt"
     assert options.replace(dt_fs=1.0).dt_fs == 1.0 and options.dt_fs == 0.5

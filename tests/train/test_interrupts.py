@@ -101,3 +101,21 @@ def test_nnpes_train_exits_130_on_ctrl_c_with_checkpoint_and_model(tmp_path, mon
     assert rc == 130 and "interrupted" in err and "Traceback" not in err
     assert latest_step(os.path.join(workdir, "checkpoints")) == 3
     assert os.path.isfile(os.path.join(workdir, "model", "potential.json"))
+
+
+def test_nnpes_train_on_sigterm_writes_checkpoint_and_model_and_exits_143(
+    tmp_path, monkeypatch, tiny_config, write, capsys
+):
+    """What a batch scheduler sends at its time limit: handled as Ctrl-C is."""
+    from nnpes.cli import main
+    from nnpes.train.callbacks import CSVWriter
+
+    monkeypatch.setattr(CSVWriter, "on_step", SignalAt(4, signal.SIGTERM).on_step, raising=False)
+    workdir = str(tmp_path / "cli")
+    before = signal.getsignal(signal.SIGTERM)
+    rc = main(["train", write(tiny_config()), "--workdir", workdir])
+    err = capsys.readouterr().err
+    assert rc == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert latest_step(os.path.join(workdir, "checkpoints")) == 4
+    assert os.path.isfile(os.path.join(workdir, "model", "potential.json"))
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the CLI's only while it runs
