@@ -229,13 +229,6 @@ def _status_lines(enabled: bool):
         logger.propagate = propagate
 
 
-def _write(option: str, path: str, write) -> None:
-    try:
-        write(path)
-    except OSError as e:
-        raise DataError(f"{option} {path}: cannot write ({e.strerror or e})") from None
-
-
 def main(args: argparse.Namespace) -> int:
     """Run ``nnpes md``; returns the exit status. Options, output paths, the model and the
     structure are all checked before anything is compiled."""
@@ -263,6 +256,7 @@ def main(args: argparse.Namespace) -> int:
         transient=True,
         disable=quiet,
     )
+    writer = _frame_writer(args)
     stopped = None
     with _status_lines(not quiet), progress:
         task = progress.add_task("md", total=args.steps)
@@ -275,10 +269,11 @@ def main(args: argparse.Namespace) -> int:
                 backend=args.backend,
                 callback=lambda done, total: progress.update(task, completed=done),
                 source=args.structure,
+                on_frames=lambda frames: _write(writer.add, frames),
             )
-        except (SimulationError, Interrupted) as e:  # keep what was done before writing why it ended
+        except (SimulationError, Interrupted) as e:  # keep what was done before saying why it ended
             stopped, result = e, e.result
-    written = _write_outputs(args, result) if result is not None else "nothing written"
+    written = _finish_outputs(args, writer, result) if result is not None else "nothing written"
     if isinstance(stopped, SimulationError):
         raise SimulationError(f"{args.structure}: {stopped}; {written}") from None
     if stopped is not None:
@@ -287,20 +282,31 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_outputs(args: argparse.Namespace, result) -> str:
-    """Write the trajectory, thermo log and JSON summary asked for; say what was written.
+def _frame_writer(args: argparse.Namespace):
+    """The writer of ``--out`` and ``--log`` as frames are recorded.
 
     When ``--out`` is the start structure's own file (a restart from a trajectory), the run is
     appended to it without repeating the start frame, and so is the log to an existing ``--log``:
     continuing a run never overwrites the frames before it."""
+    from nnpes.md.results import FrameWriter
+
     continued = args.out is not None and os.path.exists(args.out) and os.path.samefile(args.out, args.structure)
-    if args.out:
-        _write("--out", args.out, lambda path: result.write_trajectory(path, append=continued, start=int(continued)))
-    if args.log:
-        append = continued and os.path.exists(args.log)
-        _write("--log", args.log, lambda path: result.write_thermo(path, append=append, start=int(append)))
+    return FrameWriter(args.out, args.log, continued, continued and args.log is not None and os.path.exists(args.log))
+
+
+def _write(write, *what) -> None:
+    """``write(*what)``, an output file's OSError as one line naming it."""
+    try:
+        write(*what)
+    except OSError as e:
+        raise DataError(f"{e.filename or 'output'}: cannot write ({e.strerror or e})") from None
+
+
+def _finish_outputs(args: argparse.Namespace, writer, result) -> str:
+    """Write the frames not yet written and the JSON summary; say what was written."""
+    _write(writer.finish, result)
     if args.json:
-        _write("--json", args.json, lambda path: _dump_json(result.summary(), path))
+        _write(_dump_json, result.summary(), args.json)
     files = [path for path in (args.out, args.log, args.json) if path]
     frames = f"{len(result.time_fs)} frame{'s' * (len(result.time_fs) != 1)}"
     where = f"written to {', '.join(files)}" if files else "recorded (no --out, --log or --json given)"

@@ -51,6 +51,7 @@ def run_ase(
     steps: int,
     options: MDConfig | None = None,
     callback: Callable[[int, int], None] | None = None,
+    on_frames: Callable[[MDResult], None] | None = None,
     **overrides,
 ) -> MDResult:
     """Run ``steps`` steps of ``atoms`` with ASE (NVT Nosé–Hoover: ``NoseHooverChainNVT``, NPT:
@@ -58,7 +59,8 @@ def run_ase(
 
     Frames are recorded at step 0, every ``options.every`` steps and at the last step, once each;
     their times start at ``atoms.info["time_fs"]`` when the structure has one (a restart). The
-    structure is refused first as :func:`nnpes.md.structure.check_structure` refuses it."""
+    structure is refused first as :func:`nnpes.md.structure.check_structure` refuses it.
+    ``on_frames``, errors and interrupts: as for :func:`nnpes.md.loop.run` (here a frame at a time)."""
     from nnpes.md.calculator import Calculator
 
     options = configure(options, **overrides)
@@ -84,15 +86,17 @@ def run_ase(
             raise _Unstable(bad[1])
         recorded.append(dyn.nsteps)
         frames.append(frame)
+        if on_frames is not None:
+            on_frames(result(frames[-1:]))
         if callback is not None and dyn.nsteps > 0:
             callback(dyn.nsteps, steps)
 
-    def result(stopped: str | None = None) -> MDResult | None:
-        if not frames:
+    def result(some: list, stopped: str | None = None) -> MDResult | None:
+        if not some:
             return None
         wall = time.perf_counter() - t0
         return md_result(
-            dict(zip(COLUMNS, zip(*frames))), numbers=atoms.numbers.copy(), pbc=atoms.pbc.copy(), options=options,
+            dict(zip(COLUMNS, zip(*some))), numbers=atoms.numbers.copy(), pbc=atoms.pbc.copy(), options=options,
             steps=recorded[-1], wall_s=wall, steps_per_s=recorded[-1] / wall,
             compilations=compilation.count(*TRACED) - compiled_before, backend="ase", stopped=stopped,
         )  # fmt: skip
@@ -104,13 +108,13 @@ def run_ase(
         record()  # the last step, when it is not a multiple of every
     except KeyboardInterrupt:
         done = recorded[-1] if recorded else 0
-        raise Interrupted(f"MD interrupted after {done} of {steps} steps", result("interrupted")) from None
+        raise Interrupted(f"MD interrupted after {done} of {steps} steps", result(frames, "interrupted")) from None
     except (_Unstable, DataError) as e:
         # DataError: the calculator refused the structure the integrator made for the next step
         step = dyn.nsteps + isinstance(e, DataError)
         message = unstable_message(str(e), step, start_time + step * options.dt_fs, options.dt_fs)
-        raise SimulationError(message, result("unstable")) from None
-    return result()
+        raise SimulationError(message, result(frames, "unstable")) from None
+    return result(frames)
 
 
 class _Unstable(Exception):

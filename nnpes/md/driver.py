@@ -51,6 +51,7 @@ def run_md(
     backend: str = "auto",
     callback: Callable[[int, int], None] | None = None,
     source: str | None = None,
+    on_frames: Callable[[MDResult], None] | None = None,
 ) -> MDResult:
     """Simulate ``atoms`` for ``steps`` steps with jax-md, or with ASE when the cell is too small
     for jax-md's minimum image (backend "auto"); "jax-md" or "ase" force one.
@@ -58,7 +59,10 @@ def run_md(
     The structure is checked first, before anything compiles (:func:`nnpes.md.structure.check_structure`:
     the frame checks of ``nnpes evaluate``, elements the model knows, the cell the ensemble needs);
     a structure carrying ``atoms.info["time_fs"]`` (a frame written by ``nnpes md --out``) continues
-    its clock. ``source`` names the structure (e.g. its file) in errors."""
+    its clock. ``source`` names the structure (e.g. its file) in errors. ``on_frames`` is handed
+    the frames as they are recorded (an :class:`MDResult` of the new ones); a run that blows up
+    raises :class:`nnpes.errors.SimulationError` and Ctrl-C :class:`nnpes.errors.Interrupted`, both
+    with ``.result``, what was recorded before (:func:`nnpes.md.loop.run`)."""
     from nnpes.md.ase_backend import run_ase
     from nnpes.md.config import MDConfig
     from nnpes.md.jaxmd_simulation import simulation
@@ -72,5 +76,5 @@ def run_md(
     if backend == "auto":
         backend = choose_backend(potential, atoms, options.skin_a)
     if backend == "ase":
-        return run_ase(potential, atoms, steps, options, callback=callback)
-    return run(simulation(potential, atoms, options, source=source), steps, callback=callback)
+        return run_ase(potential, atoms, steps, options, callback=callback, on_frames=on_frames)
+    return run(simulation(potential, atoms, options, source=source), steps, callback=callback, on_frames=on_frames)

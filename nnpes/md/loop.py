@@ -139,18 +139,16 @@ def _start(sim: Simulation, state, neighbor):
     return (sim.init_state(nbrs) if state is None else state), nbrs, reallocations
 
 
-def _columns(sim: Simulation, frames: list, steps: int, start_time_fs: float) -> dict:
-    """The recorded frames of all chunks as :data:`nnpes.md.results.COLUMNS`, in the input frame."""
-    every = sim.options.every
+def _columns(sim: Simulation, frames: list, start_time_fs: float) -> dict:
+    """Recorded frames (host dicts of chunks, with their ``step`` numbers) as
+    :data:`nnpes.md.results.COLUMNS`, in the input frame."""
     cat = {k: np.concatenate([np.asarray(f[k], np.float64) for f in frames]) for k in frames[0]}
     n_frames = len(cat["epot"])
-    # frames of each chunk are at multiples of `every` from the chunk start, chunk starts are multiples too
-    step_index = np.concatenate([[0], np.minimum(np.arange(1, n_frames) * every, steps)]) if n_frames > 1 else [0]
     q = sim.rotation
     cells = np.swapaxes(cat["box"], 1, 2)  # columns → rows
     nan = np.full(n_frames, np.nan)
     return {
-        "time_fs": start_time_fs + np.asarray(step_index, np.float64) * sim.options.dt_fs,
+        "time_fs": start_time_fs + cat["step"] * sim.options.dt_fs,
         "positions": cat["positions"] @ q,
         "velocities": cat["velocities"] @ q,
         "forces": cat["forces"] @ q,
@@ -181,6 +179,7 @@ def run(
     chunk_steps: int | None = None,
     callback: Callable[[int, int], None] | None = None,
     start_time_fs: float | None = None,
+    on_frames: Callable[[MDResult], None] | None = None,
 ) -> MDResult:
     """Run ``steps`` MD steps in jitted chunks, recording every ``sim.options.every`` steps.
 
@@ -195,14 +194,21 @@ def run(
         callback: called as callback(steps_done, steps) after each accepted chunk.
         start_time_fs: time of the first frame, fs (default: the start structure's, ``sim.start_time_fs``;
             pass ``result.time_fs[-1]`` when continuing from ``result.state``).
+        on_frames: called with an :class:`MDResult` of the newly recorded frames alone, the start
+            frame first, then each accepted chunk's (``nnpes md`` writes its files from these as
+            the run goes, so a killed run keeps what it recorded).
 
     Returns:
         :class:`MDResult`; its ``state`` and ``neighbor`` continue the run.
 
-    Overflow handling: after each chunk the list's overflow flag is read; if set, the list is
-    reallocated at the chunk's starting state with room for the pairs the chunk needed
-    (times ``capacity_multiplier``) and the chunk recomputed, so the trajectory equals one run
-    with a large enough list from the start.
+    Raises:
+        SimulationError: a recorded frame was unstable (:mod:`nnpes.md.guard`); ``.result`` holds
+            the frames before it.
+        Interrupted: Ctrl-C; ``.result`` holds the steps completed, and continues the run.
+
+    Overflow: after each chunk the list's overflow flag is read; if set, the list is reallocated at
+    the chunk's starting state with room for the pairs the chunk needed (times ``capacity_multiplier``)
+    and the chunk recomputed, so the trajectory equals one run with a large enough list from the start.
     """
     check_steps(steps)
     every = sim.options.every
@@ -211,49 +217,50 @@ def run(
     records = max(1, math.ceil(min(requested, max(steps, 1)) / every))
     chunk_steps = records * every  # chunks start on recorded steps
     chunk_fn, observe_fn = _functions(sim, records)
-    tally = _Tally(compiled_before=compilation.count(*TRACED))
-    start_time = sim.start_time_fs if start_time_fs is None else float(start_time_fs)
+    tally = _Tally(compilation.count(*TRACED), sim.start_time_fs if start_time_fs is None else float(start_time_fs))
     if neighbor is None:  # before the first list of this size is allocated
         check_memory(sim, recorded_frames=math.ceil(steps / every) + 1, records_per_chunk=records)
     state, nbrs, tally.reallocations = _start(sim, state, neighbor)
     log.info(f"compiling the MD step ({sim.n_atoms} atoms, {nbrs.idx.shape[1]} list slots) unless cached")
     params = sim.potential.params
-    first = jax.device_get(jax.tree.map(lambda x: x[None], observe_fn(state, nbrs, params)))
-    limit = temperature_limit_k(sim.options, float(temperature_k(first["ekin"], sim.n_atoms)[0]))
-    _stop_if_unstable(sim, [], first, 0, 0, limit, start_time, tally)
-    frames = [first]
-
-    done, attempt = 0, 0
+    frames, done, attempt = [], 0, 0
     try:
+        _accept(sim, frames, _start_frame(sim, observe_fn(state, nbrs, params), tally), 0, tally, on_frames)
         while done < steps:
             n = min(chunk_steps, steps - done)
             compiled, t0 = compilation.count(*TRACED), time.perf_counter()
             new_state, new_nbrs, out = chunk_fn(state, nbrs, params, n)
             jax.block_until_ready(new_state.position)
             _check_box_kept(sim, new_nbrs, done, n)
+            chunk = _host(out, done + np.minimum(np.arange(1, math.ceil(n / every) + 1) * every, n))
             if needs_reallocation(new_nbrs):
                 if attempt >= UNSTABLE_OVERFLOWS:  # a list that never suffices: an exploding chunk?
-                    _stop_if_unstable(sim, frames, _host(out, math.ceil(n / every)), done, n, limit, start_time, tally)
+                    _stop_if_unstable(sim, frames, chunk, tally)
                 attempt, tally.reallocations = attempt + 1, tally.reallocations + 1
                 nbrs = _reallocate(sim, state, nbrs, new_state, attempt)
                 continue
             if compilation.count(*TRACED) == compiled:
                 tally.timed_steps, tally.timed_s = tally.timed_steps + n, tally.timed_s + time.perf_counter() - t0
-            chunk = _host(out, math.ceil(n / every))
-            _stop_if_unstable(sim, frames, chunk, done, n, limit, start_time, tally)
-            frames.append(chunk)
+            _accept(sim, frames, chunk, done + n, tally, on_frames)
             attempt, state, nbrs, done = 0, new_state, new_nbrs, done + n
             if callback is not None:
                 callback(done, steps)
     except KeyboardInterrupt:
-        result = _result(sim, frames, done, start_time, tally, state, nbrs, stopped="interrupted")
+        result = _result(sim, frames, done, tally, state, nbrs, stopped="interrupted")
         raise Interrupted(f"MD interrupted after {done} of {steps} steps", result) from None
-    return _result(sim, frames, steps, start_time, tally, state, nbrs)
+    return _result(sim, frames, steps, tally, state, nbrs)
 
 
-def _host(out: dict, count: int) -> dict:
-    """The first ``count`` recorded frames of a chunk's output, as numpy arrays."""
-    return jax.device_get(jax.tree.map(lambda x: x[:count], out))
+def _start_frame(sim, observed: dict, tally: _Tally) -> dict:
+    """The start frame (step 0) on the host; its temperature sets the run's automatic limit."""
+    first = _host(jax.tree.map(lambda x: x[None], observed), np.zeros(1, int))
+    tally.limit_k = temperature_limit_k(sim.options, float(temperature_k(first["ekin"], sim.n_atoms)[0]))
+    return first
+
+
+def _host(out: dict, steps: np.ndarray) -> dict:
+    """The first len(steps) recorded frames of a chunk's output as numpy arrays, with their step numbers."""
+    return {**jax.device_get(jax.tree.map(lambda x: x[: len(steps)], out)), "step": np.asarray(steps)}
 
 
 @dataclasses.dataclass
@@ -261,17 +268,19 @@ class _Tally:
     """What a run counts as it goes: for the summary of :func:`run`'s result."""
 
     compiled_before: int
+    start_time_fs: float
+    limit_k: float = math.inf
     reallocations: int = 0
     timed_steps: int = 0
     timed_s: float = 0.0
     t_start: float = dataclasses.field(default_factory=time.perf_counter)
 
 
-def _result(sim, frames, done, start_time, tally, state=None, nbrs=None, stopped=None) -> MDResult:
+def _result(sim, frames, done, tally, state=None, nbrs=None, stopped=None) -> MDResult:
     """The :class:`MDResult` of the recorded frames, ``done`` steps in."""
     wall = time.perf_counter() - tally.t_start
     return md_result(
-        _columns(sim, frames, done, start_time), numbers=sim.numbers, pbc=np.full(3, sim.periodic),
+        _columns(sim, frames, tally.start_time_fs), numbers=sim.numbers, pbc=np.full(3, sim.periodic),
         options=sim.options, steps=done, wall_s=wall,
         steps_per_s=tally.timed_steps / tally.timed_s if tally.timed_s > 0 else done / wall,
         compilations=compilation.count(*TRACED) - tally.compiled_before, backend="jax-md",
@@ -279,17 +288,25 @@ def _result(sim, frames, done, start_time, tally, state=None, nbrs=None, stopped
     )  # fmt: skip
 
 
-def _stop_if_unstable(sim, frames, chunk, done, n, limit, start_time, tally) -> None:
-    """Raise :class:`SimulationError` when ``chunk``, the frames recorded over the ``n`` steps
-    from step ``done`` (n = 0: the start frame), holds an unstable frame; its result holds
-    ``frames`` and the chunk's frames before that one."""
-    bad = first_unstable(chunk, sim.n_atoms, limit)
+def _accept(sim, frames: list, chunk: dict, done: int, tally: _Tally, on_frames) -> None:
+    """Add a chunk's frames to the run's, after checking them (:func:`_stop_if_unstable`), and
+    hand them to ``on_frames`` as an :class:`MDResult` of these frames alone."""
+    _stop_if_unstable(sim, frames, chunk, tally)
+    frames.append(chunk)
+    if on_frames is not None:
+        on_frames(_result(sim, [chunk], done, tally))
+
+
+def _stop_if_unstable(sim, frames: list, chunk: dict, tally: _Tally) -> None:
+    """Raise :class:`SimulationError` when ``chunk`` (recorded frames with their ``step``
+    numbers) holds an unstable frame; its result holds ``frames`` and the chunk's frames before
+    that one."""
+    bad = first_unstable(chunk, sim.n_atoms, tally.limit_k)
     if bad is None:
         return
     j, reason = bad
-    every = sim.options.every
-    step = done + min((j + 1) * every, n) if n else 0  # record j of a chunk is after (j + 1)·every steps
+    step = int(chunk["step"][j])
     kept = [f for f in [*frames, jax.tree.map(lambda x: x[:j], chunk)] if len(f["ekin"])]
-    result = _result(sim, kept, done + j * every if n else 0, start_time, tally, stopped="unstable") if kept else None
-    message = unstable_message(reason, step, start_time + step * sim.options.dt_fs, sim.options.dt_fs)
-    raise SimulationError(message, result)
+    result = _result(sim, kept, int(kept[-1]["step"][-1]), tally, stopped="unstable") if kept else None
+    dt = sim.options.dt_fs
+    raise SimulationError(unstable_message(reason, step, tally.start_time_fs + step * dt, dt), result)

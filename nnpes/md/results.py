@@ -80,6 +80,10 @@ class MDResult:
             "stopped": self.stopped,
         }
 
+    def since(self, start: int) -> MDResult:
+        """The same result with the recorded frames from index ``start`` on."""
+        return dataclasses.replace(self, **{k: getattr(self, k)[start:] for k in (*COLUMNS, "temperature_k")})
+
     def to_atoms(self, i: int):
         """Frame i as ``ase.Atoms`` with velocities and a calculator holding energy and forces."""
         import ase
@@ -107,6 +111,35 @@ class MDResult:
         )[start:]
         with open(path, "a" if append else "w") as f:
             np.savetxt(f, cols, delimiter=",", fmt="%.15g", comments="", header="" if append else ",".join(THERMO))
+
+
+class FrameWriter:
+    """Writes a run's frames to an extxyz trajectory and a thermo CSV as they are recorded
+    (``add`` is a run's ``on_frames``), so a run that is killed keeps what it recorded.
+
+    A file opened with ``append`` continues an earlier run that ended with the frame this one
+    starts from: that start frame is not written again. ``finish(result)`` writes the frames of
+    the whole run's ``result`` not yet written (those of a chunk cut short by an instability).
+    """
+
+    def __init__(self, trajectory: str | None, thermo: str | None, append_trajectory=False, append_thermo=False):
+        self.files = [
+            (trajectory, MDResult.write_trajectory, append_trajectory),
+            (thermo, MDResult.write_thermo, append_thermo),
+        ]
+        self.written = 0  # frames of the run handed over so far
+
+    def add(self, frames: MDResult) -> None:
+        for path, write, append in self.files:
+            first = self.written == 0
+            skip = int(first and append)  # the start frame: the last of the file continued
+            if path is not None and len(frames.time_fs) > skip:
+                write(frames, path, append=append or not first, start=skip)
+        self.written += len(frames.time_fs)
+
+    def finish(self, result: MDResult) -> None:
+        if len(result.time_fs) > self.written:
+            self.add(result.since(self.written))
 
 
 def md_result(

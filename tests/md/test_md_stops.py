@@ -155,17 +155,22 @@ def test_nnpes_md_writes_the_frames_before_an_instability_and_exits_2(files, tmp
         assert len(list(csv.DictReader(f))) == len(frames)
 
 
-def test_nnpes_md_writes_the_completed_steps_on_ctrl_c_and_exits_130(files, tmp_path, capsys, monkeypatch):
+def _progress_raises_at(monkeypatch, step: int, error: type[BaseException]) -> None:
+    """The progress bar is the CLI's per-chunk callback: make it raise ``error`` at ``step``."""
     from rich.progress import Progress
 
     update = Progress.update
 
-    def interrupt_at_400(self, task, **kwargs):  # the progress bar is the CLI's per-chunk callback
+    def raise_at(self, task, **kwargs):
         update(self, task, **kwargs)
-        if kwargs.get("completed", 0) >= 400:
-            raise KeyboardInterrupt
+        if kwargs.get("completed", 0) >= step:
+            raise error("simulated")
 
-    monkeypatch.setattr(Progress, "update", interrupt_at_400)
+    monkeypatch.setattr(Progress, "update", raise_at)
+
+
+def test_nnpes_md_writes_the_completed_steps_on_ctrl_c_and_exits_130(files, tmp_path, capsys, monkeypatch):
+    _progress_raises_at(monkeypatch, 400, KeyboardInterrupt)
     out = tmp_path / "traj.xyz"
     rc = nnpes.cli.main(_md(files, "--dt", 0.5, "--steps", 1000, "--every", 100, "-q", "--out", out))
     err = capsys.readouterr().err
@@ -173,13 +178,27 @@ def test_nnpes_md_writes_the_completed_steps_on_ctrl_c_and_exits_130(files, tmp_
     assert [f.info["time_fs"] for f in ase.io.read(out, ":")] == [0.0, 50.0, 100.0, 150.0, 200.0]
 
 
-def test_nnpes_md_restarted_from_its_own_trajectory_appends_to_it(files, tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["jax-md", "ase"])
+def test_nnpes_md_restarted_from_its_own_trajectory_appends_to_it(files, tmp_path, backend):
     traj, log = tmp_path / "traj.xyz", tmp_path / "thermo.csv"
-    first = _md(files, "--dt", 0.5, "--steps", 400, "--every", 100, "-q")
+    first = _md(files, "--dt", 0.5, "--steps", 400, "--every", 100, "-q", "--backend", backend)
     assert nnpes.cli.main(first + ["--out", str(traj), "--log", str(log)]) == 0
-    again = ["md", str(files / "model"), str(traj), "--ensemble", "nve", "--dt", 0.5, "--steps", 200, "--every", 100]
-    assert nnpes.cli.main([str(x) for x in again] + ["-q", "--out", str(traj), "--log", str(log)]) == 0
+    again = ["md", files / "model", traj, "--ensemble", "nve", "--dt", 0.5, "--steps", 200, "--every", 100]
+    again += ["-q", "--backend", backend, "--out", traj, "--log", log]
+    assert nnpes.cli.main([str(x) for x in again]) == 0
     times = [f.info["time_fs"] for f in ase.io.read(traj, ":")]
     assert times == [0.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0]  # no frame lost, none twice
     with open(log, newline="") as f:
         assert [float(r["time_fs"]) for r in csv.DictReader(f)] == times
+
+
+def test_nnpes_md_writes_frames_as_they_are_recorded(files, tmp_path, monkeypatch):
+    """A run killed without any chance to clean up (here: an exception nnpes does not catch, as
+    SIGKILL or running out of memory would be) still leaves the frames recorded before it."""
+    _progress_raises_at(monkeypatch, 400, RuntimeError)
+    out, log = tmp_path / "traj.xyz", tmp_path / "thermo.csv"
+    with pytest.raises(RuntimeError, match="simulated"):
+        nnpes.cli.main(_md(files, "--dt", 0.5, "--steps", 1000, "--every", 100, "-q", "--out", out, "--log", log))
+    assert [f.info["time_fs"] for f in ase.io.read(out, ":")] == [0.0, 50.0, 100.0, 150.0, 200.0]
+    with open(log, newline="") as f:
+        assert [float(r["time_fs"]) for r in csv.DictReader(f)] == [0.0, 50.0, 100.0, 150.0, 200.0]
