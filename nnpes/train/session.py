@@ -24,7 +24,7 @@ from nnpes.train.batches import BucketLadder, epoch_batches, fit_ladder, shard_b
 from nnpes.train.callbacks import Callback, CSVWriter, ProgressBar, RunInfo, TensorBoardWriter
 from nnpes.train.config import Config
 from nnpes.train.optimizer import learning_rate_at, make_optimizer, run_progress
-from nnpes.train.setup import check_dtype, residual_graphs
+from nnpes.train.setup import check_dtype, residual_graphs, warn_untrained_labels
 from nnpes.train.state import TrainState, init_state
 from nnpes.train.step import make_train_step
 
@@ -96,6 +96,7 @@ def setup(
     """Graphs, optimiser, jitted step and the (restored) state; calls ``on_start``."""
     potential, report, train_frames, val_frames, test_frames = inputs
     warn_units([*train_frames, *val_frames, *test_frames])  # kbar stress, kcal/mol energies: say so now
+    warn_untrained_labels(cfg, train_frames)  # stress in the data, stress_weight 0: say so now
     potential = potential.astype(check_dtype(cfg))
     train_graphs = residual_graphs(potential, train_frames)
     val_graphs = [frame_to_graph(f, potential.cutoff, potential.atomic_numbers) for f in val_frames]

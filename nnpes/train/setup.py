@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -15,7 +16,7 @@ import yaml
 from nnpes.data.graph import FrameGraph, frame_to_graph
 from nnpes.data.io import Frame, read_frames
 from nnpes.data.statistics import e0_report, energy_scale, fit_e0, fit_model_statistics, mean_neighbors
-from nnpes.errors import ConfigError, DataError
+from nnpes.errors import ConfigError, DataError, LabelWarning
 from nnpes.potential import Potential
 from nnpes.train import checkpoint
 from nnpes.train.config import Config, DataConfig, changed_keys, load_config
@@ -48,6 +49,22 @@ def required_labels(cfg: Config) -> tuple[str, ...]:
     return tuple(
         n for n, x in (("energy", w.energy_weight), ("forces", w.forces_weight), ("stress", w.stress_weight)) if x > 0
     )
+
+
+def warn_untrained_labels(cfg: Config, frames: Sequence[Frame]) -> list[str]:
+    """Warn (LabelWarning, one line each) about labels the training frames carry but the loss
+    ignores, e.g. stresses with ``loss.stress_weight: 0`` (the default); return the lines."""
+    lines = []
+    for label, weight in (("forces", cfg.loss.forces_weight), ("stress", cfg.loss.stress_weight)):
+        carrying = sum(getattr(f, label) is not None for f in frames)
+        if weight == 0 and carrying:
+            lines.append(
+                f"{carrying} of {len(frames)} training frames carry {label}, but loss.{label}_weight is 0: "
+                f"{label} is not trained (set loss.{label}_weight{', e.g. 100' if label == 'stress' else ''})"
+            )
+    for line in lines:
+        warnings.warn(line, LabelWarning, stacklevel=2)
+    return lines
 
 
 def load_datasets(cfg: Config) -> tuple[list[Frame], list[Frame], list[Frame]]:

@@ -100,3 +100,18 @@ def test_readme_config_reference_is_generated_from_the_config_classes():
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
     assert reference_markdown() in readme, "README config reference is stale: regenerate it with `nnpes config`"
+
+
+def test_labels_the_loss_ignores_are_warned_about_in_one_line(tiny_config, write, shared_data):
+    from nnpes.data.io import read_frames
+    from nnpes.errors import LabelWarning
+    from nnpes.train.setup import warn_untrained_labels
+
+    frames = read_frames(shared_data / "ci" / "si_small.xyz", index=":4")  # energies, forces and stresses
+    with pytest.warns(LabelWarning) as caught:
+        warn_untrained_labels(load_config(write(tiny_config())), frames)  # stress_weight: 0 (the default)
+    assert [str(w.message) for w in caught] == [
+        "4 of 4 training frames carry stress, but loss.stress_weight is 0: stress is not trained "
+        "(set loss.stress_weight, e.g. 100)"
+    ]
+    assert warn_untrained_labels(load_config(write(tiny_config(loss={"stress_weight": 10.0}))), frames) == []
