@@ -70,9 +70,13 @@ def potential_metadata(potential) -> dict:
 
 
 def save(potential, directory: str | os.PathLike) -> None:
-    """Write the model directory atomically (a reader never sees a half-written model)."""
+    """Write the model directory atomically (a reader never sees a half-written model).
+
+    An existing model directory is replaced whole; any other existing path (a file, a non-empty
+    directory without potential.json) is refused with a ModelError, never overwritten."""
     directory = os.path.abspath(os.fspath(directory))
     parent = os.path.dirname(directory)
+    _check_replaceable(directory)
     meta = potential_metadata(potential)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-model-", dir=parent)
@@ -93,6 +97,22 @@ def save(potential, directory: str | os.PathLike) -> None:
     os.replace(tmp, directory)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_replaceable(directory: str) -> None:
+    """Refuse to save over a path that is not a model directory (e.g. a run folder or $HOME):
+    only a model directory (it has potential.json), whole, or an empty directory is replaced."""
+    if not os.path.lexists(directory):
+        return
+    if not os.path.isdir(directory) or os.path.islink(directory):
+        raise ModelError(f"{directory}: exists and is not a directory; not overwritten")
+    names = sorted(os.listdir(directory))
+    if names and "potential.json" not in names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise ModelError(
+            f"{directory}: exists and is not a model directory (it holds {shown}); not overwritten: "
+            "save to a new or empty directory"
+        )
 
 
 def _read_metadata(directory: str) -> tuple[str, dict]:

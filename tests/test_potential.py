@@ -182,3 +182,24 @@ def test_failed_save_keeps_the_previous_model_and_leaves_no_temporary_dirs(tmp_p
         make_potential("nequip", seed=5).save(directory)
     assert {name: (directory / name).read_bytes() for name in os.listdir(directory)} == before
     assert no_temporary_dirs(tmp_path), os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("what", ["folder", "file"])
+def test_saving_over_something_that_is_not_a_model_is_refused_and_leaves_it_alone(tmp_path, potential, what):
+    target = tmp_path / "runs"
+    if what == "folder":  # e.g. potential.save("runs") or a home directory: nothing in it may be lost
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+    else:
+        target.write_text("mine")
+    with pytest.raises(ModelError) as err:
+        potential.save(target)
+    assert "\n" not in str(err.value) and "not overwritten" in str(err.value) and str(target) in str(err.value)
+    assert (target / "notes.txt" if what == "folder" else target).read_text() == "mine"
+    assert no_temporary_dirs(tmp_path), os.listdir(tmp_path)
+
+
+def test_saving_into_an_empty_folder_is_fine(tmp_path, potential):
+    (tmp_path / "model").mkdir()
+    potential.save(tmp_path / "model")
+    assert sorted(os.listdir(tmp_path / "model")) == ["params.msgpack", "potential.json"]

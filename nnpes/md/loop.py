@@ -235,18 +235,18 @@ def run(
             chunk = _host(out, done + np.minimum(np.arange(1, math.ceil(n / every) + 1) * every, n))
             if needs_reallocation(new_nbrs):
                 if attempt >= UNSTABLE_OVERFLOWS:  # a list that never suffices: an exploding chunk?
-                    _stop_if_unstable(sim, frames, chunk, tally)
+                    _stop_if_unstable(sim, frames, chunk, tally, keep_chunk=False)  # its forces missed pairs
                 attempt, tally.reallocations = attempt + 1, tally.reallocations + 1
                 nbrs = _reallocate(sim, state, nbrs, new_state, attempt)
                 continue
             if compilation.count(*TRACED) == compiled:
                 tally.timed_steps, tally.timed_s = tally.timed_steps + n, tally.timed_s + time.perf_counter() - t0
-            _accept(sim, frames, chunk, done + n, tally, on_frames)
-            attempt, state, nbrs, done = 0, new_state, new_nbrs, done + n
+            attempt, state, nbrs, done = 0, new_state, new_nbrs, done + n  # before on_frames, which Ctrl-C may cut
+            _accept(sim, frames, chunk, done, tally, on_frames)
             if callback is not None:
                 callback(done, steps)
     except KeyboardInterrupt:
-        result = _result(sim, frames, done, tally, state, nbrs, stopped="interrupted")
+        result = _result(sim, frames, done, tally, state, nbrs, stopped="interrupted") if frames else None
         raise Interrupted(f"MD interrupted after {done} of {steps} steps", result) from None
     return _result(sim, frames, steps, tally, state, nbrs)
 
@@ -297,16 +297,16 @@ def _accept(sim, frames: list, chunk: dict, done: int, tally: _Tally, on_frames)
         on_frames(_result(sim, [chunk], done, tally))
 
 
-def _stop_if_unstable(sim, frames: list, chunk: dict, tally: _Tally) -> None:
+def _stop_if_unstable(sim, frames: list, chunk: dict, tally: _Tally, keep_chunk: bool = True) -> None:
     """Raise :class:`SimulationError` when ``chunk`` (recorded frames with their ``step``
-    numbers) holds an unstable frame; its result holds ``frames`` and the chunk's frames before
-    that one."""
+    numbers) holds an unstable frame; its result holds ``frames`` and, with ``keep_chunk``, the
+    chunk's frames before that one."""
     bad = first_unstable(chunk, sim.n_atoms, tally.limit_k)
     if bad is None:
         return
     j, reason = bad
     step = int(chunk["step"][j])
-    kept = [f for f in [*frames, jax.tree.map(lambda x: x[:j], chunk)] if len(f["ekin"])]
+    kept = [f for f in [*frames, jax.tree.map(lambda x: x[: j * keep_chunk], chunk)] if len(f["ekin"])]
     result = _result(sim, kept, int(kept[-1]["step"][-1]), tally, stopped="unstable") if kept else None
     dt = sim.options.dt_fs
     raise SimulationError(unstable_message(reason, step, tally.start_time_fs + step * dt, dt), result)
