@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from nnpes.cli.outputs import check_outputs, write
 from nnpes.errors import ConfigError
 
 _COLUMNS = [
@@ -57,6 +58,7 @@ def run(args) -> int:
     from nnpes.md.calculator import resolve_dtype
     from nnpes.potential import load
 
+    check_outputs(("--json", args.json), ("--plot", args.plot))  # before the work, not after it
     potential = load(args.model).astype(resolve_dtype(args.dtype))
     keys = {label: getattr(args, f"{label}_key") or potential.label_key(label) for label in KEY_LABELS}
     expect_stress = args.stress_key is not None or args.virial_key is not None
@@ -68,10 +70,9 @@ def run(args) -> int:
         parity.append((os.path.basename(path), frames, preds))
     _print_table(files)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": os.path.abspath(args.model), "label_keys": keys, "files": files}, f, indent=2)
+        write(_dump_json, {"model": os.path.abspath(args.model), "label_keys": keys, "files": files}, args.json)
     if args.plot:
-        parity_plot(parity, args.plot)
+        write(parity_plot, parity, args.plot)
     return 0
 
 
@@ -183,6 +184,11 @@ def _finish_panel(ax, title: str, unit: str) -> None:
     ax.set_xlabel(f"reference ({unit})")
     ax.set_ylabel(f"predicted ({unit})")
     ax.set_title(title)
+
+
+def _dump_json(report: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
 
 
 def parity_plot(parity, path: str) -> None:

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from nnpes.cli.outputs import check_outputs, write
 from nnpes.errors import ConfigError, DataError, Interrupted, NnpesError, SimulationError
 from nnpes.md.driver import BACKENDS
 from nnpes.md.ensembles import ENSEMBLE_NAMES, THERMOSTATS
@@ -169,20 +170,6 @@ def _options(args: argparse.Namespace):
     )
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """Refuse, before the run, an output file that could not be written after it."""
-    for option, path in (("--out", args.out), ("--log", args.log), ("--json", args.json)):
-        if path is None:
-            continue
-        folder = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path):
-            raise ConfigError(f"{option} {path}: is a directory")
-        if not os.path.isdir(folder):
-            raise ConfigError(f"{option} {path}: directory {folder} does not exist")
-        if not os.access(folder, os.W_OK):
-            raise ConfigError(f"{option} {path}: directory {folder} is not writable")
-
-
 def _check_backend(args: argparse.Namespace, potential, atoms, options) -> None:
     """Refuse ``--backend jax-md`` for a structure jax-md cannot run (before anything compiles)."""
     from nnpes.md.driver import choose_backend
@@ -243,7 +230,7 @@ def main(args: argparse.Namespace) -> int:
 
     quiet = getattr(args, "quiet", False)
     options = _options(args)  # ConfigError: one line naming the option
-    _check_outputs(args)
+    check_outputs(("--out", args.out), ("--log", args.log), ("--json", args.json))
     potential = load(args.model)
     atoms = read_structure(args.structure, potential, options)
     _check_backend(args, potential, atoms, options)
@@ -269,7 +256,7 @@ def main(args: argparse.Namespace) -> int:
                 backend=args.backend,
                 callback=lambda done, total: progress.update(task, completed=done),
                 source=args.structure,
-                on_frames=lambda frames: _write(writer.add, frames),
+                on_frames=lambda frames: write(writer.add, frames),
             )
         except (SimulationError, Interrupted) as e:  # keep what was done before saying why it ended
             stopped, result = e, e.result
@@ -294,19 +281,11 @@ def _frame_writer(args: argparse.Namespace):
     return FrameWriter(args.out, args.log, continued, continued and args.log is not None and os.path.exists(args.log))
 
 
-def _write(write, *what) -> None:
-    """``write(*what)``, an output file's OSError as one line naming it."""
-    try:
-        write(*what)
-    except OSError as e:
-        raise DataError(f"{e.filename or 'output'}: cannot write ({e.strerror or e})") from None
-
-
 def _finish_outputs(args: argparse.Namespace, writer, result) -> str:
     """Write the frames not yet written and the JSON summary; say what was written."""
-    _write(writer.finish, result)
+    write(writer.finish, result)
     if args.json:
-        _write(_dump_json, result.summary(), args.json)
+        write(_dump_json, result.summary(), args.json)
     files = [path for path in (args.out, args.log, args.json) if path]
     frames = f"{len(result.time_fs)} frame{'s' * (len(result.time_fs) != 1)}"
     where = f"written to {', '.join(files)}" if files else "recorded (no --out, --log or --json given)"

@@ -216,6 +216,8 @@ def _bad_inputs(tmp_path, models) -> dict:
         "batch_size_zero": ([plain, good, "--batch-size", "0"], ["--batch-size", "0"]),
         "nan_force": ([plain, str(tmp_path / "nan_forces.xyz")], ["nan_forces.xyz", "frame 1", "forces", "NaN"]),
         "second_file_bad": ([plain, good, str(tmp_path / "absent.xyz")], ["absent.xyz", "no such file"]),
+        "plot_folder_missing": ([plain, good, "--plot", str(tmp_path / "no" / "p.png")], ["--plot", "does not exist"]),
+        "json_is_a_directory": ([plain, good, "--json", str(tmp_path)], ["--json", "is a directory"]),
     }
 
 
@@ -229,6 +231,8 @@ BAD_CASES = [
     "batch_size_zero",
     "nan_force",
     "second_file_bad",
+    "plot_folder_missing",
+    "json_is_a_directory",
 ]
 
 
