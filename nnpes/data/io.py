@@ -114,7 +114,11 @@ def missing_labels_message(at: str, missing: Sequence[str], keys: Mapping[str, s
     """One line: which labels are missing under which keys, the keys there are, how to fix it."""
     listed = ", ".join(f"'{label}' ({label_key_text(label, keys)})" for label in missing)
     verb = "label {} is" if len(missing) == 1 else "labels {} are"
-    return f"{at}: {verb.format(listed)} missing; the frame has {found}; {key_hint(missing, found)}"
+    without = " ".join(f"loss.{label}_weight=0" for label in missing)  # e.g. energy-only data
+    return (
+        f"{at}: {verb.format(listed)} missing; the frame has {found}; {key_hint(missing, found)}; "
+        f"or, to train without {'it' if len(missing) == 1 else 'them'}, {without}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,6 +53,12 @@ def _ref_keys(i, atoms):
     atoms.calc = None
 
 
+def _energy_only(i, atoms):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy())
+
+
 # (id, how to change the config dict, extra CLI arguments, what the line must name)
 CONFIG_CASES = [
     ("unknown-key", lambda c: _set(c, "training.max_step", 3), [], "training.max_step"),
@@ -120,6 +126,7 @@ def test_missing_config_file_is_one_line(tmp_path, capsys):
 DATA_CASES = [
     ("nan-force", _nan_force, "frame 2"),
     ("renamed-keys", _ref_keys, "REF_forces"),
+    ("energy-only-data", _energy_only, "or, to train without it, loss.forces_weight=0"),
 ]
 
 
