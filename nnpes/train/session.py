@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnpes import compilation
-from nnpes.data.graph import frame_to_graph
+from nnpes.data.graph import frame_to_graph, species_indices
 from nnpes.data.io import Frame
 from nnpes.data.sanity import warn_units
-from nnpes.errors import ConfigError
+from nnpes.errors import ConfigError, where
 from nnpes.potential import Potential
 from nnpes.train import checkpoint
 from nnpes.train.batches import BucketLadder, epoch_batches, fit_ladder, shard_batch
@@ -97,6 +97,8 @@ def setup(
     potential, report, train_frames, val_frames, test_frames = inputs
     warn_units([*train_frames, *val_frames, *test_frames])  # kbar stress, kcal/mol energies: say so now
     warn_untrained_labels(cfg, train_frames)  # stress in the data, stress_weight 0: say so now
+    for f in test_frames:  # evaluated only at the end: an element the model cannot know must fail now
+        species_indices(f.numbers, potential.atomic_numbers, where(f.source, f.index))
     potential = potential.astype(check_dtype(cfg))
     train_graphs = residual_graphs(potential, train_frames)
     val_graphs = [frame_to_graph(f, potential.cutoff, potential.atomic_numbers) for f in val_frames]

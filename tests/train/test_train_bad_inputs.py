@@ -188,3 +188,13 @@ def test_stress_in_kbar_is_warned_about_before_training(tmp_path):
     config = {"loss": {"stress_weight": 1.0}, "training": {"max_steps": 1, "batch_size": 2, "progress": False}}
     with pytest.warns(LabelWarning, match=r"cu_kbar\.xyz.*kbar"):
         fit(PairModel(), read_frames(path), workdir=tmp_path / "run", config=config)
+
+
+def test_a_test_file_with_an_element_the_model_cannot_know_fails_before_training(tmp_path, tiny_config, write, capsys):
+    """The test set is evaluated only after training: its elements are checked before the first step."""
+    silicon = tmp_path / "silicon.xyz"
+    ase.io.write(silicon, ase.Atoms("Si2", positions=[[0, 0, 0], [2.3, 0, 0]]))
+    before = compilation.count()
+    rc = main(["train", write(_set(tiny_config(), "data.test", str(silicon))), "--workdir", str(tmp_path / "run")])
+    _assert_one_line(rc, capsys.readouterr().err, "silicon.xyz: frame 0: element Si (Z=14)")
+    assert compilation.count() == before and not (tmp_path / "run" / "checkpoints").exists()
