@@ -231,6 +231,9 @@ def main(args: argparse.Namespace) -> int:
     quiet = getattr(args, "quiet", False)
     options = _options(args)  # ConfigError: one line naming the option
     check_outputs(("--out", args.out), ("--log", args.log), ("--json", args.json))
+    if args.out and os.path.splitext(args.out)[1].lower() not in ("", ".xyz", ".extxyz"):
+        # ASE picks a file's format by its name: a .traj holding extxyz could not be read back
+        raise ConfigError(f"--out {args.out}: trajectories are written as extended XYZ; name the file .xyz")
     potential = load(args.model)
     atoms = read_structure(args.structure, potential, options)
     _check_backend(args, potential, atoms, options)

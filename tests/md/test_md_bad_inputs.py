@@ -81,6 +81,7 @@ CASES = [
     ("model-corrupt-json", "{d}/corrupt {d}/start.xyz", "potential.json"),
     ("out-folder-missing", "{d}/model {d}/start.xyz --out {d}/no/such/folder/traj.xyz", "--out"),
     ("log-is-a-directory", "{d}/model {d}/start.xyz --log {d}", "--log"),
+    ("out-not-extxyz", "{d}/model {d}/start.xyz --out {d}/run.traj", "name the file .xyz"),
 ]
 
 
