@@ -10,12 +10,11 @@ the keys used (``label_keys``) next to the metrics of each file.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
-from nnpes.cli.outputs import check_outputs, write
+from nnpes.cli.outputs import check_outputs, dump_json, write
 from nnpes.errors import ConfigError
 
 _COLUMNS = [
@@ -70,7 +69,7 @@ def run(args) -> int:
         parity.append((os.path.basename(path), frames, preds))
     _print_table(files)
     if args.json:
-        write(_dump_json, {"model": os.path.abspath(args.model), "label_keys": keys, "files": files}, args.json)
+        write(dump_json, {"model": os.path.abspath(args.model), "label_keys": keys, "files": files}, args.json)
     if args.plot:
         write(parity_plot, parity, args.plot)
     return 0
@@ -184,11 +183,6 @@ def _finish_panel(ax, title: str, unit: str) -> None:
     ax.set_xlabel(f"reference ({unit})")
     ax.set_ylabel(f"predicted ({unit})")
     ax.set_title(title)
-
-
-def _dump_json(report: dict, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
 
 
 def parity_plot(parity, path: str) -> None:

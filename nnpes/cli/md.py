@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
 import time
 
-from nnpes.cli.outputs import check_outputs, write
+from nnpes.cli.outputs import check_outputs, dump_json, write
 from nnpes.errors import ConfigError, DataError, Interrupted, NnpesError, SimulationError
 from nnpes.md.driver import BACKENDS
 from nnpes.md.ensembles import ENSEMBLE_NAMES, THERMOSTATS
@@ -288,7 +287,7 @@ def _finish_outputs(args: argparse.Namespace, writer, result) -> str:
     """Write the frames not yet written and the JSON summary; say what was written."""
     write(writer.finish, result)
     if args.json:
-        write(_dump_json, result.summary(), args.json)
+        write(dump_json, result.summary(), args.json)
     files = [path for path in (args.out, args.log, args.json) if path]
     frames = f"{len(result.time_fs)} frame{'s' * (len(result.time_fs) != 1)}"
     where = f"written to {', '.join(files)}" if files else "recorded (no --out, --log or --json given)"
@@ -306,8 +305,3 @@ def _summary_line(result) -> str:
         + (f", drift {drift:+.4f} meV/atom/ps" if drift is not None else "")
         + f", {summary['neighbor_reallocations']} neighbour reallocations, {summary['compilations']} compilations"
     )
-
-
-def _dump_json(summary: dict, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(summary, f, indent=2)

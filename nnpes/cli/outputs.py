@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from nnpes.errors import ConfigError, DataError
@@ -28,3 +29,9 @@ def write(write_fn, *what) -> None:
         write_fn(*what)
     except OSError as e:
         raise DataError(f"{e.filename or 'output'}: cannot write ({e.strerror or e})") from None
+
+
+def dump_json(report: dict, path: str) -> None:
+    """Write ``report`` as indented JSON to ``path``."""
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
