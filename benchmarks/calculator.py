@@ -52,7 +52,8 @@ TEST_XYZ = os.path.join(SHARED, "rmd17", "ethanol_test.xyz")
 RANDOM_MODELS = {  # untrained models (time only): the shipped configs' model sections
     "nequip-quickstart": {"family": "nequip", "channels": 16, "l_max": 2, "parity": False, "num_layers": 2,
                           "radial_features": [32]},
-    "nequip-rmd17": {"family": "nequip", "channels": 32, "l_max": 2, "num_layers": 3},
+    "nequip-rmd17": {"family": "nequip", "channels": 32, "l_max": 2, "parity": False, "num_layers": 3,
+                     "radial_features": [64]},
     "nequip-small": {"family": "nequip", "channels": 8, "l_max": 1, "parity": False, "num_layers": 2,
                      "radial_features": [16]},
 }  # fmt: skip
