@@ -12,7 +12,7 @@ from nnpes import xla_flags  # noqa: E402  (first: XLA reads its flags when the 
 
 xla_flags.apply()
 
-from nnpes import models  # noqa: E402
+from nnpes import electrostatics, models, zbl  # noqa: E402, F401  (term kinds registered for nnpes.load)
 from nnpes.md.calculator import Calculator  # noqa: E402
 from nnpes.potential import Potential, load  # noqa: E402
 

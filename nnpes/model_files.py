@@ -219,7 +219,7 @@ def check_weights_fit(model, params, cutoff: float, params_path: str) -> None:
 
 def load(directory: str | os.PathLike):
     """See :func:`nnpes.load`."""
-    from nnpes.potential import Potential, fill_model
+    from nnpes.potential import Potential, fill_model, num_outputs_for
 
     directory, meta = _read_metadata(os.fspath(directory))
     meta_path = os.path.join(directory, "potential.json")
@@ -232,7 +232,10 @@ def load(directory: str | os.PathLike):
         raise ModelError(f"{meta_path}: hyper-parameters do not fit model class {cls.__name__} ({e})") from None
     params_path = os.path.join(directory, "params.msgpack")
     params = _restore_params(params_path)
-    model = fill_model(model, meta["cutoff_a"], len(meta["atomic_numbers"]), meta["avg_num_neighbors"])
+    terms = terms_from_json(meta.get("terms", []), meta_path)
+    model = fill_model(
+        model, meta["cutoff_a"], len(meta["atomic_numbers"]), meta["avg_num_neighbors"], num_outputs_for(terms)
+    )
     check_weights_fit(model, params, meta["cutoff_a"], params_path)
     return Potential.create(
         model,
@@ -243,6 +246,6 @@ def load(directory: str | os.PathLike):
         scale=meta["scale_ev"],
         avg_num_neighbors=meta["avg_num_neighbors"],
         params=jax.tree.map(jnp.asarray, params),
-        terms=terms_from_json(meta.get("terms", []), meta_path),
+        terms=terms,
         label_keys=meta.get("label_keys", {}),
     )

@@ -72,18 +72,35 @@ def site_energies_from_vectors(
     positions=None,
     cell=None,
     node_graph=None,
+    node_mask=None,
+    total_charge=None,
     mirrored: bool = False,
 ):
-    """(interaction, reference) site energies, eV, each (N,), from raw edge vectors r_ij (E, 3) Å.
+    """(interaction, reference, charges) per atom from raw edge vectors r_ij (E, 3) Å: site
+    energies (N,) eV, and the charge head's partial charges (N,) e (None without a head).
 
     Edges that are padding (edge_mask False) or beyond the cutoff are masked here, so callers
     (:func:`total_energy`, the jax-md adaptor) may pass any superset of the true pairs.
-    ``positions`` (N, 3) Å, ``cell`` (G, 3, 3) Å and ``node_graph`` (N,) are handed to the
-    potential's physical terms that need the whole cell (see :class:`nnpes.terms.TermInputs`).
+    ``positions`` (N, 3) Å, ``cell`` (G, 3, 3) Å, ``node_graph`` (N,), ``node_mask`` (N,) and
+    ``total_charge`` (G,) e are handed to the potential's physical terms that need the whole
+    cell or the charges (see :class:`nnpes.terms.TermInputs`).
     ``mirrored``: the edges are in the mirrored layout (edge E/2 + k is edge k reversed).
     """
     vectors, edge_mask = safe_edges(vectors, edge_mask, potential.cutoff)
-    inputs = TermInputs(vectors, edge_mask, species, senders, receivers, positions, cell, node_graph, mirrored)
+    inputs = TermInputs(
+        vectors,
+        edge_mask,
+        species,
+        senders,
+        receivers,
+        positions=positions,
+        cell=cell,
+        node_graph=node_graph,
+        node_mask=node_mask,
+        total_charge=total_charge,
+        cutoff=potential.cutoff,
+        mirrored=mirrored,
+    )
     return potential.site_energies(potential.params, inputs)
 
 
@@ -96,7 +113,7 @@ def total_energy(potential: Potential, positions, cell, graph: jraph.GraphsTuple
 
     Returns:
         (energy (G,), interaction energy (G,) = energy minus reference energies E0,
-        site energies (N,)), all eV; padding graphs are exactly 0.
+        site energies (N,), all eV, padding graphs exactly 0; charges (N,) e or None).
     """
     n_node = positions.shape[0]
     n_graph = graph.n_node.shape[0]
@@ -108,7 +125,7 @@ def total_energy(potential: Potential, positions, cell, graph: jraph.GraphsTuple
         positions = positions + jnp.einsum("ni,nij->nj", positions, strain[node_graph])
         cell = cell + jnp.einsum("gki,gij->gkj", cell, strain)
     vectors = edge_vectors(positions, cell, graph)
-    interaction, reference = site_energies_from_vectors(
+    interaction, reference, charges = site_energies_from_vectors(
         potential,
         vectors,
         graph.nodes["species"],
@@ -118,13 +135,15 @@ def total_energy(potential: Potential, positions, cell, graph: jraph.GraphsTuple
         positions=positions,
         cell=cell,
         node_graph=node_graph,
+        node_mask=node_mask,
+        total_charge=graph.globals.get("charge") if isinstance(graph.globals, dict) else None,
         mirrored=has_mirrored_edges(graph),
     )
     interaction = jnp.where(node_mask, interaction, 0.0)
     reference = jnp.where(node_mask, reference, 0.0)
     e_int = jax.ops.segment_sum(interaction, node_graph, n_graph)
     e_ref = jax.ops.segment_sum(reference, node_graph, n_graph)
-    return e_int + e_ref, e_int, interaction + reference
+    return e_int + e_ref, e_int, interaction + reference, charges
 
 
 def energy_forces_stress(potential: "Potential", graph: jraph.GraphsTuple, compute_stress: bool = True) -> dict:
@@ -143,7 +162,7 @@ def energy_forces_stress(potential: "Potential", graph: jraph.GraphsTuple, compu
         dict with energy (G,) eV, interaction_energy (G,) eV (energy minus Σ E0, the quantity
         losses compare in float32), forces (N, 3) eV/Å, site_energies (N,) eV, and when
         compute_stress: stress (G, 3, 3) eV/Å³ (zero for non-periodic and padding graphs),
-        virial (G, 3, 3) eV = −∂E/∂ε.
+        virial (G, 3, 3) eV = −∂E/∂ε; when the model has a charge head: charges (N,) e.
     """
     compilation.traced("energy_forces_stress")
     positions = graph.nodes["positions"]
@@ -153,12 +172,16 @@ def energy_forces_stress(potential: "Potential", graph: jraph.GraphsTuple, compu
 
     def summed(pos, eps):
         eps = 0.5 * (eps + jnp.swapaxes(eps, -1, -2))
-        energy, e_int, sites = total_energy(potential, pos, cell, graph, eps if compute_stress else None)
-        return jnp.sum(energy), (energy, e_int, sites)
+        energy, e_int, sites, charges = total_energy(potential, pos, cell, graph, eps if compute_stress else None)
+        return jnp.sum(energy), (energy, e_int, sites, charges)
 
     argnums = (0, 1) if compute_stress else 0
-    (_, (energy, e_int, sites)), grads = jax.value_and_grad(summed, argnums=argnums, has_aux=True)(positions, strain)
+    (_, (energy, e_int, sites, charges)), grads = jax.value_and_grad(summed, argnums=argnums, has_aux=True)(
+        positions, strain
+    )
     out = {"energy": energy, "interaction_energy": e_int, "site_energies": sites}
+    if charges is not None:
+        out["charges"] = charges
     if compute_stress:
         d_pos, d_strain = grads
         volume = jnp.abs(jnp.linalg.det(cell))

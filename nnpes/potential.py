@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from nnpes.charges import conserved_charges
 from nnpes.errors import ModelError
 from nnpes.model_files import FORMAT_VERSION  # noqa: F401  (re-exported)
 from nnpes.models.base import FILLED_FIELDS, validate_hyperparameters
@@ -96,7 +97,7 @@ class Potential(struct.PyTreeNode):
             validate_hyperparameters(model, "model")
         except ValueError as e:
             raise ModelError(str(e)) from None
-        model = fill_model(model, cutoff, len(numbers), avg_num_neighbors)
+        model = fill_model(model, cutoff, len(numbers), avg_num_neighbors, num_outputs_for(terms))
         if params is None:
             params = jax.jit(model.init)(jax.random.PRNGKey(seed), *example_inputs(cutoff))  # eager init is slower
         e0_arr, method = _reference_energies(e0, numbers)
@@ -127,7 +128,8 @@ class Potential(struct.PyTreeNode):
         return jax.tree.leaves(self.params)[0].dtype
 
     def site_energies(self, params, inputs: TermInputs):
-        """(interaction, reference) site energies, eV, each (N,).
+        """(interaction, reference, charges) per atom: site energies in eV, each (N,), and the
+        charge head's partial charges (N,) in e (None without a head).
 
         interaction = scale·network output + every term of ``self.terms``; reference = E0.
         They are kept apart so that losses compare interaction energies (float32 never
@@ -137,10 +139,32 @@ class Potential(struct.PyTreeNode):
         # a family that reads the mirrored layout (nnpes.data.neighbors) is told so; others see a full list
         uses_mirror = inputs.mirrored and getattr(self.model, "reads_mirrored_edges", False)
         out = self.model.apply(*args, mirrored=True) if uses_mirror else self.model.apply(*args)
+        if out.ndim == 2:  # charge head: (site output, raw charge)
+            out, raw = out[:, 0], out[:, 1]
+            charges = conserved_charges(raw, inputs.node_graph, inputs.total_charge, inputs.node_mask)
+            inputs = inputs.replace(charges=charges)
         interaction = self.scale.astype(out.dtype)[inputs.species] * out
         for term in self.terms:
             interaction = interaction + term.site_energies(inputs).astype(out.dtype)
-        return interaction, self.e0.astype(out.dtype)[inputs.species]
+        return interaction, self.e0.astype(out.dtype)[inputs.species], inputs.charges
+
+    def for_cells(self, cells) -> Potential:
+        """The potential with its terms' static grids fixed for these structures' cells
+        ((F, 3, 3) Å, zero for molecules): Ewald k grids and PME meshes are shapes under jit.
+        Training, evaluation, the calculator and MD call it; it returns self when no term
+        depends on the cells."""
+        terms = tuple(t.for_cells(cells, self.cutoff) for t in self.terms)
+        return self if terms == self.terms else self.replace(terms=terms)
+
+    def for_structures(self, structures) -> Potential:
+        """:meth:`for_cells` for the cells of frames, graphs or ``ase.Atoms`` (a structure that is
+        not periodic along all three axes counts as a molecule)."""
+        return self.for_cells(np.stack([structure_cell(s) for s in structures]) if structures else np.zeros((1, 3, 3)))
+
+    @property
+    def has_charges(self) -> bool:
+        """Whether the model predicts latent charges (a term reads them)."""
+        return num_outputs_for(self.terms) > 1
 
     def astype(self, dtype) -> Potential:
         """The same potential with every float array (parameters, e0, scale, terms) cast to dtype."""
@@ -170,10 +194,34 @@ class Potential(struct.PyTreeNode):
         save(self, directory)
 
 
-def fill_model(model: nn.Module, cutoff: float, num_species: int, avg_num_neighbors: float) -> nn.Module:
+def structure_cell(structure) -> np.ndarray:
+    """(3, 3) cell rows, Å, of a frame, graph or ``ase.Atoms``: zeros unless periodic in 3-D."""
+    pbc = structure.get_pbc() if hasattr(structure, "get_pbc") else getattr(structure, "pbc", (True,) * 3)
+    cell = np.asarray(structure.get_cell() if hasattr(structure, "get_cell") else structure.cell, np.float64)
+    return cell.reshape(3, 3) if np.all(pbc) else np.zeros((3, 3))
+
+
+def num_outputs_for(terms) -> int:
+    """Outputs per atom the model needs: 2 (site output, raw charge) when a term reads charges."""
+    return 2 if any(getattr(t, "needs_charges", False) for t in terms) else 1
+
+
+def fill_model(
+    model: nn.Module, cutoff: float, num_species: int, avg_num_neighbors: float, num_outputs: int = 1
+) -> nn.Module:
     """The model with the contract's filled-in fields set (those the module declares)."""
-    values = {"cutoff": float(cutoff), "num_species": int(num_species), "avg_num_neighbors": float(avg_num_neighbors)}
+    values = {
+        "cutoff": float(cutoff),
+        "num_species": int(num_species),
+        "avg_num_neighbors": float(avg_num_neighbors),
+        "num_outputs": int(num_outputs),
+    }
     names = {f.name for f in dataclasses.fields(model)}
+    if num_outputs > 1 and "num_outputs" not in names:
+        raise ModelError(
+            f"{type(model).__name__} has no `num_outputs` field, so it cannot predict the charges an "
+            "electrostatics term needs (subclass nnpes.models.SiteModel and return site_outputs(x, num_outputs))"
+        )
     return model.clone(**{k: v for k, v in values.items() if k in names and k in FILLED_FIELDS})
 
 

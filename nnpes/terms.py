@@ -12,9 +12,11 @@ code of their own, and every path (training, evaluation, calculator, jax-md) see
 
 A term is a flax ``struct`` pytree: its arrays are leaves (they are cast with the potential and
 pass through ``jit``), its settings are static fields. It receives :class:`TermInputs`: the
-masked edges, and for terms that need the whole cell (Ewald sums) the positions, cells and
-graph membership, all strained together when stress is computed. Saved models record each
-term as ``{"kind": ..., **term.to_json()}``; :func:`register_term` makes a kind loadable.
+masked edges, and for terms that need the whole cell (Ewald sums) the positions, cells, graph
+membership, total charges and the network's latent charges, all strained together when stress
+is computed. A term with ``needs_charges`` gives the model a charge head (:mod:`nnpes.charges`);
+a term whose static shapes depend on the cells (k grids) fixes them in :meth:`Term.for_cells`.
+Saved models record each term as ``{"kind": ..., **term.to_json()}``; :func:`register_term` makes a kind loadable.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ class TermInputs:
         positions: (N, 3) Cartesian positions, Å, or None where a path has none to give.
         cell: (G, 3, 3) lattice rows per graph, Å (zeros: no periodicity), or None.
         node_graph: (N,) graph index of every node, or None.
+        node_mask: (N,) bool, False on padding atoms, or None (all real).
+        total_charge: (G,) total charge of every structure, e, or None (neutral).
+        charges: (N,) partial charges, e, from the network's charge head (conserving
+            total_charge), or None when the model has no charge head.
+        cutoff: static; the potential's cutoff r_c, Å (edges beyond it are masked).
         mirrored: static; True when edge E/2 + k is edge k reversed (r_{E/2+k} = −r_k), the
             layout of nnpes's neighbour lists and batches (see :mod:`nnpes.data.graph`).
     """
@@ -50,6 +57,10 @@ class TermInputs:
     positions: jnp.ndarray | None = None
     cell: jnp.ndarray | None = None
     node_graph: jnp.ndarray | None = None
+    node_mask: jnp.ndarray | None = None
+    total_charge: jnp.ndarray | None = None
+    charges: jnp.ndarray | None = None
+    cutoff: float = struct.field(pytree_node=False, default=0.0)
     mirrored: bool = struct.field(pytree_node=False, default=False)
 
 
@@ -58,6 +69,12 @@ class Term(struct.PyTreeNode):
     :meth:`site_energies`; :meth:`to_json` / :meth:`from_json` save and load them."""
 
     kind: ClassVar[str] = ""
+    needs_charges: ClassVar[bool] = False  # True: reads TermInputs.charges (the model gets a charge head)
+
+    def for_cells(self, cells, cutoff: float) -> Term:
+        """The term with any static shape that depends on the structures fixed for these (F, 3, 3)
+        cells (Å; zero: a molecule) and the potential's cutoff (Å); most terms return self."""
+        return self
 
     def site_energies(self, inputs: TermInputs) -> jnp.ndarray:
         """(N,) site energies, eV, in the dtype of ``inputs.vectors``; zero on padding atoms

@@ -14,7 +14,7 @@ Layout (host numpy arrays):
     edges:   shifts (E, 3) int32; "mirrored": a (0,)-shaped marker, present when edge E/2 + k is
              edge k reversed (the :class:`~nnpes.data.neighbors.NeighborList` layout, kept
              across the batch: every frame's pairs, then every frame's reversed pairs)
-    globals: cell (G, 3, 3) Å, energy (G,) eV, stress (G, 3, 3) eV/Å³,
+    globals: cell (G, 3, 3) Å, charge (G,) total charge e, energy (G,) eV, stress (G, 3, 3) eV/Å³,
              has_energy / has_forces / has_stress (G,) float 0/1 label masks
 """
 
@@ -131,9 +131,7 @@ def batch_graphs(
         dtype: float dtype of positions, cell and labels.
     """
     auto = pad_sizes(graphs)
-    n_node = auto[0] if n_node is None else n_node
-    n_edge = auto[1] if n_edge is None else n_edge
-    n_graph = auto[2] if n_graph is None else n_graph
+    n_node, n_edge, n_graph = (a if n is None else n for a, n in zip(auto, (n_node, n_edge, n_graph)))
     real_nodes = sum(g.n_node for g in graphs)
     real_edges = sum(g.n_edge for g in graphs)
     if n_node <= real_nodes or n_edge < real_edges or n_graph <= len(graphs):
@@ -150,8 +148,9 @@ def batch_graphs(
     shifts = np.zeros((n_edge, 3), np.int32)
     cell = np.zeros((n_graph, 3, 3), dtype)
     energy = np.zeros(n_graph, dtype)
+    charge = np.zeros(n_graph, dtype)
     stress = np.zeros((n_graph, 3, 3), dtype)
-    has = {k: np.zeros(n_graph, dtype) for k in ("energy", "forces", "stress")}
+    has = {f"has_{k}": np.zeros(n_graph, dtype) for k in ("energy", "forces", "stress")}
     n_node_arr = np.zeros(n_graph, np.int32)
     n_edge_arr = np.zeros(n_graph, np.int32)
 
@@ -173,12 +172,13 @@ def batch_graphs(
         receivers[where_to] = g.receivers + node0
         shifts[where_to] = g.shifts
         cell[gi] = g.cell
+        charge[gi] = g.charge
         if g.energy is not None:
-            energy[gi], has["energy"][gi] = g.energy, 1
+            energy[gi], has["has_energy"][gi] = g.energy, 1
         if g.forces is not None:
-            forces[ns], has["forces"][gi] = g.forces, 1
+            forces[ns], has["has_forces"][gi] = g.forces, 1
         if g.stress is not None:
-            stress[gi], has["stress"][gi] = g.stress, 1
+            stress[gi], has["has_stress"][gi] = g.stress, 1
         n_node_arr[gi], n_edge_arr[gi] = g.n_node, g.n_edge
         node0 += g.n_node
         edge0 += g.n_edge
@@ -190,7 +190,7 @@ def batch_graphs(
         edges={"shifts": shifts, **({"mirrored": np.zeros(0, np.int8)} if mirror else {})},
         senders=senders,
         receivers=receivers,
-        globals={"cell": cell, "energy": energy, "stress": stress, **{f"has_{k}": v for k, v in has.items()}},
+        globals={"cell": cell, "charge": charge, "energy": energy, "stress": stress, **has},
         n_node=n_node_arr,
         n_edge=n_edge_arr,
     )

@@ -136,6 +136,8 @@ class Frame:
         source, index: file and frame index, for error messages.
         found_keys: the keys its ``ase.Atoms`` offered for labels (:func:`frame_from_atoms` sets
             it; None for a Frame constructed directly).
+        charge: total charge of the structure, e (``info["charge"]``; 0 when absent), which a
+            model's latent charges conserve.
     """
 
     positions: np.ndarray
@@ -148,6 +150,7 @@ class Frame:
     source: str | None = None
     index: int | None = None
     found_keys: FoundKeys | None = None
+    charge: float = 0.0
 
     @property
     def n_atoms(self) -> int:
@@ -236,7 +239,21 @@ def frame_from_atoms(
         keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key, "virial": virial_key}
         raise DataError(missing_labels_message(at, missing, keys, found))
     check_min_distance(positions, cell, pbc, at)
-    return Frame(positions, numbers, cell, pbc, energy, forces, stress, source, index, found)
+    charge = total_charge(atoms, at)
+    return Frame(positions, numbers, cell, pbc, energy, forces, stress, source, index, found, charge)
+
+
+def total_charge(atoms, at: str) -> float:
+    """The structure's total charge, e, from ``atoms.info["charge"]`` (0 when absent); a value
+    that is not one finite number is a DataError naming ``at``."""
+    value = atoms.info.get("charge", 0.0)
+    try:
+        charge = float(np.asarray(value, dtype=np.float64).reshape(()))
+    except (TypeError, ValueError):
+        raise DataError(f"{at}: info['charge'] is not one number: {value!r}") from None
+    if not np.isfinite(charge):
+        raise DataError(f"{at}: info['charge'] is {charge}")
+    return charge
 
 
 def geometry_from_atoms(atoms, at: str):

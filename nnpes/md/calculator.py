@@ -19,7 +19,7 @@ from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 
 from nnpes.data.graph import bucket, species_indices
-from nnpes.data.io import check_min_distance, geometry_from_atoms, matrix_to_voigt
+from nnpes.data.io import check_min_distance, geometry_from_atoms, matrix_to_voigt, total_charge
 from nnpes.data.neighbors import neighbor_list
 from nnpes.errors import ModelError
 from nnpes.memory import check_fits, compiled_bytes
@@ -51,7 +51,7 @@ def _graph(floats, ints, n_node: int, n_edge: int) -> jraph.GraphsTuple:
         edges={"shifts": shifts.reshape(e, 3), "mirrored": np.zeros(0, np.int8)},
         senders=senders,
         receivers=receivers,
-        globals={"cell": floats[3 * n_node :].reshape(2, 3, 3)},
+        globals={"cell": floats[3 * n_node : 3 * n_node + 18].reshape(2, 3, 3), "charge": floats[3 * n_node + 18 :]},
         n_node=n_nodes,
         n_edge=n_edges,
     )
@@ -73,6 +73,7 @@ def _compiled(treedef, signature: tuple, n_node: int, n_edge: int, stress: bool,
             out = energy_forces_stress(jax.tree.unflatten(treedef, leaves), graph, compute_stress=stress)
             # one flat output, one device-to-host copy: E_int, forces, site energies (, stress)
             parts = [out["interaction_energy"][:1], out["forces"].ravel(), out["site_energies"]]
+            parts += [out["charges"]] if "charges" in out else []
             return jnp.concatenate(parts + ([out["stress"][0].ravel()] if stress else []))
 
         compiled = jax.jit(call).lower(leaves, arrays).compile()
@@ -92,16 +93,18 @@ class Calculator(_AseCalculator):
 
     Gives ``energy`` and ``free_energy`` (eV), ``forces`` (eV/Å), per-atom ``energies`` (eV)
     for molecules and periodic cells, and ``stress`` (eV/Å³, ASE Voigt order and sign) for
-    cells periodic in all three directions. Small periodic cells are fine (every image within
-    the cutoff is listed). Shapes are padded to buckets, so MD recompiles only rarely; each
-    padded shape is compiled once per potential, and calculators of one potential share it.
+    cells periodic in all three directions, and the latent partial ``charges`` (e) of a model
+    with an electrostatics term (they sum to ``atoms.info["charge"]``, 0 when absent). Small
+    periodic cells are fine (every image within the cutoff is listed). Shapes are padded to
+    buckets, so MD recompiles only rarely; each padded shape is compiled once per potential,
+    and calculators of one potential share it.
 
     Args:
         potential: a :class:`~nnpes.Potential` or a model (or run) directory.
         dtype: "float32" or "float64" (the same parameters, cast; needs x64 enabled).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress", "charges"]
 
     def __init__(self, potential: Potential | str | os.PathLike, dtype: str = "float32", **kwargs):
         super().__init__(**kwargs)
@@ -109,12 +112,18 @@ class Calculator(_AseCalculator):
             potential = load(potential)
         self.dtype = resolve_dtype(dtype)
         self.potential = potential.astype(self.dtype)
-        # the potential's arrays, on the device once; its static parts (model, cutoff) in the treedef
-        leaves, self._treedef = jax.tree.flatten(self.potential)
-        self._leaves = jax.device_put(leaves)
-        self._signature = tuple((x.shape, str(x.dtype)) for x in self._leaves)
+        self._use(self.potential)
         self._e0 = np.asarray(self.potential.e0, np.float64)  # eV per species, for Σ E0 on the host
         self._species_of: tuple[bytes, np.ndarray, float] | None = None  # (numbers, species, Σ E0), last call
+
+    def _use(self, potential: Potential) -> None:
+        """Evaluate with ``potential`` (the calculator's, its long-range terms' grids fixed for
+        the current cell): its arrays go to the device once, its static parts (model, cutoff,
+        grids) into the treedef that keys the compiled programs."""
+        self._current = potential
+        leaves, self._treedef = jax.tree.flatten(potential)
+        self._leaves = jax.device_put(leaves)
+        self._signature = tuple((x.shape, str(x.dtype)) for x in self._leaves)
 
     def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
         """What changed since the last calculation, of what the energy depends on (positions,
@@ -128,6 +137,7 @@ class Calculator(_AseCalculator):
             ("numbers", old.numbers, atoms.numbers),
             ("cell", old.cell.array, atoms.cell.array),
             ("pbc", old.pbc, atoms.pbc),
+            ("charge", np.asarray(old.info.get("charge", 0.0)), np.asarray(atoms.info.get("charge", 0.0))),
         )
         return [name for name, a, b in pairs if a.shape != b.shape or not np.array_equal(a, b)]
 
@@ -150,21 +160,30 @@ class Calculator(_AseCalculator):
         periodic = bool(np.all(atoms.pbc))
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is defined only for cells periodic in all three directions")
-        arrays, n_node, n_edge = self._padded(*geometry_from_atoms(atoms, _SOURCE))
+        geometry = geometry_from_atoms(atoms, _SOURCE)
+        if self.potential.terms:  # long-range terms fix their k grid for this cell
+            resolved = self.potential.for_cells(geometry[2][None] if periodic else np.zeros((1, 3, 3)))
+            if resolved.terms != self._current.terms:
+                self._use(resolved)
+        arrays, n_node, n_edge = self._padded(*geometry, charge=total_charge(atoms, _SOURCE))
         flat = np.asarray(self._function(n_node, n_edge, periodic, arrays)(self._leaves, arrays), np.float64)
         n = len(atoms)
         forces = flat[1 : 1 + 3 * n_node].reshape(n_node, 3)
         self.results["energy"] = self.results["free_energy"] = float(flat[0]) + self._species_of[2]
         self.results["forces"] = forces[:n].copy()
         self.results["energies"] = flat[1 + 3 * n_node : 1 + 3 * n_node + n].copy()
+        rest = 1 + 4 * n_node
+        if self.potential.has_charges:
+            self.results["charges"] = flat[rest : rest + n].copy()
+            rest += n_node
         if periodic:
-            self.results["stress"] = matrix_to_voigt(flat[1 + 4 * n_node :].reshape(3, 3))
+            self.results["stress"] = matrix_to_voigt(flat[rest:].reshape(3, 3))
 
-    def _padded(self, positions_a, numbers, cell, pbc) -> tuple:
+    def _padded(self, positions_a, numbers, cell, pbc, charge: float = 0.0) -> tuple:
         """((floats, ints), n_node, n_edge) of one structure (positions Å, cell rows Å) and its
         padding graph, nodes and edges padded to buckets as :func:`nnpes.data.graph.batch_graphs`
         pads them (padding edges join the last, padding node to itself), packed in two flat
-        arrays: floats = positions, cells; ints = species, senders, receivers, shifts, n_node,
+        arrays: floats = positions, cells, total charges (e); ints = species, senders, receivers, shifts, n_node,
         n_edge (see :func:`_graph`). Refuses atoms closer than MIN_DISTANCE_A, as every entry
         point does."""
         n = len(numbers)
@@ -175,9 +194,10 @@ class Calculator(_AseCalculator):
         n_edge_real = len(nl.senders)
         n_node, n_edge = bucket(n + 1), bucket(n_edge_real)  # buckets are even: pairs and reversed pairs
         p, half = n_edge_real // 2, n_edge // 2
-        floats = np.zeros(3 * n_node + 18, self.dtype)
+        floats = np.zeros(3 * n_node + 20, self.dtype)
         floats[: 3 * n] = positions_a.ravel()
         floats[3 * n_node : 3 * n_node + 9] = np.asarray(cell).ravel()
+        floats[3 * n_node + 18] = charge
         ints = np.zeros(n_node + 5 * n_edge + 4, np.int32)
         ints[:n] = species
         e0, e = n_node, n_edge

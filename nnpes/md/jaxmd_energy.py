@@ -22,6 +22,7 @@ import contextlib
 import math
 import warnings
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -93,6 +94,7 @@ def energy_neighbor_list(
     dr_threshold: float = DEFAULT_SKIN_A,
     capacity_multiplier: float = DEFAULT_CAPACITY_MULTIPLIER,
     fractional_coordinates: bool = False,
+    total_charge: float = 0.0,
     **neighbor_kwargs,
 ):
     """An nnpes potential as a jax-md (neighbour function, energy function) pair.
@@ -111,6 +113,8 @@ def energy_neighbor_list(
             only when atoms have moved far enough that a pair might have entered the cutoff.
         capacity_multiplier: headroom of a newly allocated list over the pairs it holds.
         fractional_coordinates: positions are fractional (with ``periodic_general``).
+        total_charge: e, conserved by a model's latent charges (electrostatics term, whose k
+            grid is fixed from ``box`` here: an NPT box that grows far gets fewer k vectors).
         **neighbor_kwargs: passed on to ``jax_md.partition.neighbor_list``. The format is
             always ``partition.Sparse``. ``disable_cell_list`` True or False forces the choice
             below (False in free space: a cell list at any size).
@@ -134,9 +138,7 @@ def energy_neighbor_list(
         ``params`` replaces the model's parameters (differentiate with respect to them);
         ``box`` and ``perturbation`` are jax-md's keywords, used by ``quantity.pressure``,
         ``quantity.stress`` and ``simulate.npt_nose_hoover``. Pairs listed beyond the cutoff
-        are masked.
-
-        Stress sign: see the module docstring.
+        are masked. Stress sign: see the module docstring.
 
     Raises:
         BoxTooSmallError: a periodic box narrower than 2·(cutoff + skin) (make a supercell,
@@ -149,10 +151,7 @@ def energy_neighbor_list(
     free = _is_free_space(displacement_fn, box, fractional_coordinates)
     cell_list = neighbor_kwargs.pop("disable_cell_list", None)
     cell_list = None if cell_list is None else not cell_list  # None: by size (free space)
-    if free:
-        box = 1.0
-    else:
-        _check_periodic_box(box, fractional_coordinates, cutoff, skin)
+    box = 1.0 if free else _check_periodic_box(box, fractional_coordinates, cutoff, skin)
     static_box = box_matrix(jnp.asarray(box, jnp.float32 if not jax.config.jax_enable_x64 else jnp.float64))
     list_displacement = _fractional_displacement(static_box) if fractional_coordinates and not free else displacement_fn
     settings = ListSettings(free, fractional_coordinates, box, cutoff + skin, capacity_multiplier, cell_list)
@@ -162,13 +161,13 @@ def energy_neighbor_list(
         format=partition.Sparse, **neighbor_kwargs,
     )  # fmt: skip
     allocate, update = _list_functions(make_base, settings, static_box, list_displacement, cutoff, skin)
-    energy_fn = _energy_function(potential, displacement_fn, species, len(numbers))
-    return partition.NeighborListFns(allocate, update), energy_fn
+    geometry = _Geometry(free, fractional_coordinates, static_box, float(total_charge))
+    return partition.NeighborListFns(allocate, update), _energy_function(potential, displacement_fn, species, geometry)
 
 
-def _check_periodic_box(box, fractional_coordinates: bool, cutoff: float, skin: float) -> None:
+def _check_periodic_box(box, fractional_coordinates: bool, cutoff: float, skin: float):
     """Refuse a periodic box jax-md's lists cannot use: not upper triangular, a matrix without
-    fractional coordinates, or narrower than 2·(cutoff + skin)."""
+    fractional coordinates, or narrower than 2·(cutoff + skin); returns the box, unchanged."""
     box_np = np.asarray(box, np.float64)
     if box_np.ndim == 2 and not np.allclose(np.triu(box_np), box_np):
         raise ModelError(
@@ -181,6 +180,7 @@ def _check_periodic_box(box, fractional_coordinates: bool, cutoff: float, skin: 
             "fractional_coordinates=True here"
         )
     check_box(box_np, cutoff, skin)
+    return box
 
 
 def _list_functions(make_base, settings: ListSettings, static_box, list_displacement, cutoff: float, skin: float):
@@ -255,9 +255,35 @@ def _list_functions(make_base, settings: ListSettings, static_box, list_displace
     return allocate, update
 
 
-def _energy_function(potential: Potential, displacement_fn, species, n_atoms: int):
+class _Geometry(NamedTuple):
+    """What turns jax-md's positions into the Cartesian positions and cell that long-range
+    terms read: free space or not, fractional coordinates, the box at build time, total charge."""
+
+    free: bool
+    fractional: bool
+    box: jnp.ndarray
+    total_charge: float
+
+    def positions_and_cell(self, R, box=None, perturbation=None):
+        """Cartesian positions (N, 3) Å and cell (1, 3, 3) Å (rows = lattice vectors; zero in
+        free space), strained like jax-md's displacements when ``perturbation`` is given."""
+        if self.free:
+            return R, jnp.zeros((1, 3, 3), R.dtype)
+        matrix = (self.box if box is None else box_matrix(box)).astype(R.dtype)  # columns = lattice vectors
+        cart = R @ matrix.T if self.fractional else R
+        if perturbation is not None:  # jax-md's strain: a number, (3,) or (3, 3), like a box
+            strain = box_matrix(jnp.asarray(perturbation, R.dtype))
+            cart, matrix = cart @ strain.T, strain @ matrix
+        return cart, matrix.T[None]
+
+
+def _energy_function(potential: Potential, displacement_fn, species, geometry: _Geometry):
     """The jax-md energy function (see :func:`energy_neighbor_list`): the edges of the list,
-    masked beyond the cutoff, through :func:`nnpes.physics.site_energies_from_vectors`."""
+    masked beyond the cutoff, through :func:`nnpes.physics.site_energies_from_vectors`; the
+    positions and cell go to terms that need the whole cell (Ewald sums, whose static grids
+    are fixed here from the box the list was made for)."""
+    n_atoms = len(species)
+    potential = potential.for_cells(np.zeros((1, 3, 3)) if geometry.free else np.asarray(geometry.box).T[None])
 
     def energy_fn(R, neighbor, *, params=None, box=None, perturbation=None, **unused_kwargs):
         valid = (neighbor.idx[0] < n_atoms) & (neighbor.idx[1] < n_atoms)
@@ -270,7 +296,19 @@ def _energy_function(potential: Potential, displacement_fn, species, n_atoms: in
             kwargs["perturbation"] = perturbation
         vectors = jax.vmap(partial(displacement_fn, **kwargs))(R[senders], R[receivers])  # R_j − R_i
         model = potential if params is None else potential.replace(params=params)
-        interaction, reference = site_energies_from_vectors(model, vectors, species, senders, receivers, valid)
+        positions, cell = geometry.positions_and_cell(R, box, perturbation)
+        interaction, reference, _ = site_energies_from_vectors(
+            model,
+            vectors,
+            species,
+            senders,
+            receivers,
+            valid,
+            positions=positions,
+            cell=cell,
+            node_graph=jnp.zeros(n_atoms, jnp.int32),
+            total_charge=jnp.full((1,), geometry.total_charge, R.dtype),
+        )
         return jnp.sum(interaction) + jnp.sum(reference)
 
     return energy_fn

@@ -15,9 +15,11 @@ knows nothing of forces, stress, padding graphs or reference energies.
 - returns (N,) float in the dtype of ``vectors``.
 
 **Fields filled in by** :meth:`nnpes.Potential.create` (:data:`FILLED_FIELDS`): ``cutoff`` (Å),
-``num_species``, ``avg_num_neighbors`` (mean neighbour count of the training data). Subclass
-:class:`SiteModel` to have them; a module without them still works, it is then given only the
-fields it declares.
+``num_species``, ``avg_num_neighbors`` (mean neighbour count of the training data) and
+``num_outputs``: 1, or 2 when a physical term reads per-atom charges (a charge head: the
+readout then returns (N, 2), site output and raw charge, from the same invariant features; see
+:func:`site_outputs`). Subclass :class:`SiteModel` to have them; a module without them still
+works, it is then given only the fields it declares (and cannot host a charge head).
 
 **Hyper-parameters** are the module's other dataclass fields. Their annotations carry their
 ranges (``Annotated[int, Field(ge=1)]``, see the aliases below); :func:`hyperparameter_schema`
@@ -49,7 +51,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-FILLED_FIELDS = ("cutoff", "num_species", "avg_num_neighbors")
+FILLED_FIELDS = ("cutoff", "num_species", "avg_num_neighbors", "num_outputs")
 _FLAX_FIELDS = ("parent", "name")
 
 # Annotated types for hyper-parameter ranges (pydantic reads them; flax ignores them).
@@ -78,6 +80,7 @@ class SiteModel(nn.Module):
     cutoff: float = 5.0
     num_species: int = 1
     avg_num_neighbors: float = 1.0
+    num_outputs: int = 1
 
     @property
     def receptive_hops(self) -> int:
@@ -89,6 +92,11 @@ class SiteModel(nn.Module):
         """True for families whose ``__call__`` takes ``mirrored=True``: then edge E/2 + k is
         edge k reversed (:mod:`nnpes.data.neighbors`), and pair quantities may be computed once."""
         return False
+
+
+def site_outputs(x: jnp.ndarray, num_outputs: int) -> jnp.ndarray:
+    """A readout's (N, num_outputs) array as the contract returns it: (N,) for one output."""
+    return x[:, 0] if num_outputs == 1 else x
 
 
 def receptive_hops(model) -> int:

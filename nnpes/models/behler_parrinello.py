@@ -50,6 +50,7 @@ from nnpes.models.base import (
     SiteModel,
     Widths,
     safe_vector,
+    site_outputs,
 )
 from nnpes.models.descriptors import angular_monomials, chunked_segment_sum, edge_chunk_schedule, order_blocks
 from nnpes.models.radial import polynomial_envelope
@@ -156,7 +157,7 @@ class BehlerParrinello(SiteModel):
             0: all edges in one pass (best on GPU); None: chosen per backend by
             :func:`nnpes.models.descriptors.edge_chunk_schedule`. The schedule changes only the
             order of summation, never the function.
-    Filled in by :meth:`nnpes.Potential.create`: cutoff (Å), num_species, avg_num_neighbors.
+    Filled in by :meth:`nnpes.Potential.create`: cutoff (Å), num_species, avg_num_neighbors, num_outputs.
 
     Call: ``model.apply(params, vectors, species, senders, receivers, edge_mask)`` → (N,)
     dimensionless site outputs; ``method="descriptors"`` (no parameters needed) gives the
@@ -245,7 +246,7 @@ class BehlerParrinello(SiteModel):
         # one network per element: stacked weights (S, in, out); every atom's layer is one
         # matmul against all S weight sets (S is small), then its own element's row is kept
         init = jax.nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
-        widths = tuple(self.hidden_features) + (1,)
+        widths = tuple(self.hidden_features) + (self.num_outputs,)
         pick = species[:, None, None]
         for i, width in enumerate(widths):
             w = self.param(f"w{i}", init, (self.num_species, x.shape[1], width), jnp.float32)
@@ -254,4 +255,4 @@ class BehlerParrinello(SiteModel):
             x = jnp.take_along_axis(y, pick, axis=1)[:, 0] + b.astype(dtype)[species]
             if i < len(widths) - 1:
                 x = jnp.tanh(x)
-        return x[:, 0]
+        return site_outputs(x, self.num_outputs)

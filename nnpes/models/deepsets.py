@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from pydantic import Field
 
-from nnpes.models.base import EnvelopeOrder, PositiveInt, SiteModel, Widths
+from nnpes.models.base import EnvelopeOrder, PositiveInt, SiteModel, Widths, site_outputs
 from nnpes.models.blocks import MLP
 from nnpes.models.descriptors import angular_monomials, order_blocks
 from nnpes.models.radial import bessel_basis, polynomial_envelope
@@ -39,7 +39,7 @@ class DeepSets(SiteModel):
         angular_order: highest power n of the per-neighbour angle features (0: none).
         phi_features: widths of φ (the last is the latent size summed over neighbours).
         rho_features: hidden widths of ρ (a final width-1 layer is added).
-    Filled in by :meth:`nnpes.Potential.create`: cutoff (Å), num_species, avg_num_neighbors.
+    Filled in by :meth:`nnpes.Potential.create`: cutoff (Å), num_species, avg_num_neighbors, num_outputs.
 
     Call: ``model.apply(params, vectors, species, senders, receivers, edge_mask)`` → (N,)
     dimensionless site outputs.
@@ -69,8 +69,8 @@ class DeepSets(SiteModel):
 
         h = MLP(tuple(self.phi_features), name="phi")(jnp.concatenate(features, axis=1))
         h = jax.ops.segment_sum(h * fc[:, None], receivers, n_node) / self.avg_num_neighbors
-        out = MLP(tuple(self.rho_features) + (1,), name="rho")(jnp.concatenate([h, own], axis=1))
-        return out[:, 0]
+        out = MLP(tuple(self.rho_features) + (self.num_outputs,), name="rho")(jnp.concatenate([h, own], axis=1))
+        return site_outputs(out, self.num_outputs)
 
     def angle_features(self, unit, weight, receivers, n_node):
         """(E, angular_order): Σ_{k≠j} w_k (r̂_ij·r̂_ik)^n / n̄ for n = 1..angular_order.

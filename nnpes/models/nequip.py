@@ -22,6 +22,7 @@ from nnpes.models.base import (
     SiteModel,
     Widths,
     safe_vector,
+    site_outputs,
 )
 from nnpes.models.blocks import MLP
 from nnpes.models.radial import bessel_basis, polynomial_envelope
@@ -213,7 +214,7 @@ class NequIP(SiteModel):
             Chunks are also faster than one pass on a CPU (they stay in cache): 256 Cu atoms,
             l ≤ 1 peer model, 138 ms unchunked, 86 ms in the default's chunks of 6 144 edges.
     Filled in by :meth:`nnpes.Potential.create` (do not set by hand):
-        cutoff (Å), num_species, avg_num_neighbors (of the training data).
+        cutoff (Å), num_species, avg_num_neighbors (of the training data), num_outputs.
 
     Call: ``model.apply(params, vectors, species, senders, receivers, edge_mask)`` with
     vectors (E, 3) in Å (padding and out-of-range edges already replaced by a safe vector and
@@ -287,5 +288,5 @@ class NequIP(SiteModel):
             )(x, species, edges)
         x = e3nn.flax.Linear(f"{self.readout_features}x0e", name="readout_hidden")(x.filter(keep=["0e"]))
         x = e3nn.IrrepsArray(x.irreps, jax.nn.silu(x.array))
-        x = e3nn.flax.Linear("0e", name="readout")(x)
-        return x.array[:, 0]
+        x = e3nn.flax.Linear(f"{self.num_outputs}x0e", name="readout")(x)
+        return site_outputs(x.array, self.num_outputs)

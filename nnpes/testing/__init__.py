@@ -245,7 +245,7 @@ class PhysicsLaws:
         if padding == "generous":  # extra empty graphs before the padding graph, many padding edges
             n_node, n_edge, n_graph = n_node + 37, n_edge + 101, n_graph + 3
         batch = batch_graphs(graphs, n_node, n_edge, n_graph, dtype=np.float64)
-        out = jax.device_get(evaluate(potential, batch, compute_stress=True))
+        out = jax.device_get(evaluate(potential.for_structures(structures), batch, compute_stress=True))
         start = 0
         for g, (atoms, single) in enumerate(zip(structures, singles)):
             n = len(atoms)
@@ -261,7 +261,9 @@ class PhysicsLaws:
 
     def test_padding_never_produces_nan_in_gradients(self, potential):
         """Parameter gradients of a force-and-stress loss are finite (jax_debug_nans on)."""
-        graphs = graphs_of(potential, [crystal(potential), trimer(potential, 1.1)])
+        structures = [crystal(potential), trimer(potential, 1.1)]
+        graphs = graphs_of(potential, structures)
+        potential = potential.for_structures(structures)
         n_node, n_edge, n_graph = pad_sizes(graphs)
         batch = batch_graphs(graphs, n_node + 5, n_edge + 20, n_graph + 1, dtype=np.float64)
 

@@ -81,7 +81,7 @@ def predict(potential: nnpes.Potential, atoms: ase.Atoms) -> Prediction:
     if sizes[0] <= SMALL_PADDING[0] and sizes[1] <= SMALL_PADDING[1]:
         sizes = SMALL_PADDING
     batch = batch_graphs(graphs_of(potential, [atoms]), *sizes, dtype=np.float64)
-    out = jax.device_get(evaluate(potential, batch, compute_stress=True))
+    out = jax.device_get(evaluate(potential.for_structures([atoms]), batch, compute_stress=True))
     n = len(atoms)
     return Prediction(
         float(out["energy"][0]),
