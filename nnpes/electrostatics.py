@@ -38,6 +38,7 @@ from nnpes.terms import Term, TermInputs, register_term
 COULOMB_EV_A = 14.3996454784  # e² / (4π ε0), eV·Å
 METHODS = ("ewald", "pme")
 _VOLUME_EPS = 1e-6  # Å³; below this a cell is a molecule's (or padding's) and not periodic
+_EWALD_BLOCK_ENTRIES = 2**22  # atoms × k vectors per block of the Ewald sum (~16 MB per float32 array)
 
 
 def splitting(accuracy: float, real_cutoff: float, smearing: float) -> tuple[float, float]:
@@ -130,23 +131,37 @@ def self_and_background_sites(q, cell, node_graph, alpha: float, beta: float):
 
 def ewald_reciprocal_sites(q, positions, cell, node_graph, grid, alpha: float, k_cutoff: float):
     """(N,) eV: the reciprocal-space Ewald sum of every graph's charges, Σ_{0<|k|≤k_c}
-    (4π/V) e^{−k²/4α²}/k² q_i Re[e^{−ik·r_i} S(k)] over a half space of k (S: structure factor)."""
+    (4π/V) e^{−k²/4α²}/k² q_i Re[e^{−ik·r_i} S(k)] over a half space of k (S: structure factor).
+    Large (atoms × k) products are summed a block of k vectors at a time, recomputed in the
+    backward pass, so memory stays O(atoms · block)."""
     safe, _ = _safe_cells(cell)
-    n_vec = jnp.asarray(half_space(grid), positions.dtype)  # (K, 3)
+    n_vec = half_space(grid)  # (K, 3)
     inverse = jnp.linalg.inv(safe)
     frac = jnp.einsum("ni,nij->nj", positions, inverse[node_graph])  # fractional coordinates
-    phase = 2 * jnp.pi * frac @ n_vec.T  # (N, K): k·r_i
-    cos, sin = jnp.cos(phase), jnp.sin(phase)
-    n_graph = cell.shape[0]
-    c_sum = jax.ops.segment_sum(q[:, None] * cos, node_graph, n_graph)  # (G, K)
-    s_sum = jax.ops.segment_sum(q[:, None] * sin, node_graph, n_graph)
-    k_vec = jnp.einsum("kj,gij->gki", n_vec, 2 * jnp.pi * inverse)  # rows of 2π inv(cell)ᵀ
-    k2 = jnp.sum(k_vec**2, axis=-1)
-    live = k2 <= k_cutoff**2
-    safe_k2 = jnp.where(live, k2, 1.0)
     volume = jnp.abs(jnp.linalg.det(safe))
-    weight = jnp.where(live, 4 * jnp.pi * jnp.exp(-safe_k2 / (4 * alpha**2)) / safe_k2, 0.0) / volume[:, None]
-    field = jnp.sum(weight[node_graph] * (cos * c_sum[node_graph] + sin * s_sum[node_graph]), axis=1)
+    n_graph = cell.shape[0]
+
+    def block(n_block):  # (B, 3) integer k vectors → (N,) field
+        phase = 2 * jnp.pi * frac @ n_block.T  # (N, B): k·r_i
+        cos, sin = jnp.cos(phase), jnp.sin(phase)
+        c_sum = jax.ops.segment_sum(q[:, None] * cos, node_graph, n_graph)  # (G, B)
+        s_sum = jax.ops.segment_sum(q[:, None] * sin, node_graph, n_graph)
+        k_vec = jnp.einsum("kj,gij->gki", n_block, 2 * jnp.pi * inverse)  # rows of 2π inv(cell)ᵀ
+        k2 = jnp.sum(k_vec**2, axis=-1)
+        live = (k2 <= k_cutoff**2) & jnp.any(n_block != 0, axis=-1)
+        safe_k2 = jnp.where(live, k2, 1.0)
+        weight = jnp.where(live, 4 * jnp.pi * jnp.exp(-safe_k2 / (4 * alpha**2)) / safe_k2, 0.0) / volume[:, None]
+        return jnp.sum(weight[node_graph] * (cos * c_sum[node_graph] + sin * s_sum[node_graph]), axis=1)
+
+    size = max(1, _EWALD_BLOCK_ENTRIES // max(q.shape[0], 1))
+    if len(n_vec) <= size:
+        return COULOMB_EV_A * q * block(jnp.asarray(n_vec, positions.dtype))
+    n_block = -(-len(n_vec) // size)
+    padded = np.zeros((n_block * size, 3), n_vec.dtype)  # n = 0 pads: masked as "not live"
+    padded[: len(n_vec)] = n_vec
+    blocks = jnp.asarray(padded.reshape(n_block, size, 3), positions.dtype)
+    step = jax.checkpoint(lambda acc, nb: (acc + block(nb), None), prevent_cse=False)
+    field, _ = jax.lax.scan(step, jnp.zeros_like(q), blocks)
     return COULOMB_EV_A * q * field
 
 

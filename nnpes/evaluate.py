@@ -28,6 +28,7 @@ def predict_graphs(
     if compute_stress is None:
         compute_stress = any(np.abs(np.linalg.det(g.cell)) > 1e-6 for g in graphs)
     dtype = potential.dtype
+    potential = potential.for_structures(graphs)  # long-range terms: k grids for these cells
     chunks = [graphs[i : i + batch_size] for i in range(0, len(graphs), batch_size)]
     n_node, n_edge, n_graph = common_pad_sizes(chunks, batch_size)
     out = []
@@ -43,6 +44,8 @@ def predict_graphs(
             }
             if compute_stress:
                 item["stress"] = np.asarray(pred["stress"][i], np.float64)
+            if "charges" in pred:
+                item["charges"] = np.asarray(pred["charges"][node0 : node0 + g.n_node], np.float64)
             out.append(item)
             node0 += g.n_node
     return out

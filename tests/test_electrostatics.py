@@ -176,3 +176,24 @@ def test_saved_model_keeps_its_terms(tmp_path):
     e1 = nnpes.Calculator(pot).get_potential_energy(atoms)
     e2 = nnpes.Calculator(loaded.astype(np.float64)).get_potential_energy(atoms)
     assert abs(e1 - e2) < 1e-9
+
+
+def test_ewald_summed_in_blocks_of_k_equals_one_pass(monkeypatch):
+    import nnpes.electrostatics as electrostatics
+
+    positions, charges, cell = _random_cell(5)
+    whole = coulomb(positions, charges, cell, accuracy=1e-8, real_cutoff=4.0)
+    monkeypatch.setattr(electrostatics, "_EWALD_BLOCK_ENTRIES", 24 * 97)  # blocks of 97 k vectors
+    blocked = coulomb(positions, charges, cell, accuracy=1e-8, real_cutoff=4.0)
+    assert abs(whole["energy"] - blocked["energy"]) < 1e-10
+    np.testing.assert_allclose(blocked["forces"], whole["forces"], atol=1e-10)
+    np.testing.assert_allclose(blocked["stress"], whole["stress"], atol=1e-12)
+
+
+def test_training_config_switches_terms_on():
+    from nnpes.train.config import load_config
+
+    cfg = load_config(raw={"terms": {"electrostatics": {"smearing": 0.8}, "zbl": {"outer_radius": 1.5}}})
+    terms = cfg.terms.build([1, 8], 5.0)
+    assert [t.kind for t in terms] == ["electrostatics", "zbl"] and terms[0].smearing == 0.8
+    assert load_config(raw={}).terms.build([1, 8], 5.0) == ()

@@ -10,7 +10,17 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel
 
-from nnpes.train.config import Config, DataConfig, LossConfig, OptimizerConfig, TrainingConfig, _model_schema, _section
+from nnpes.train.config import (
+    Config,
+    DataConfig,
+    ElectrostaticsConfig,
+    LossConfig,
+    OptimizerConfig,
+    TrainingConfig,
+    ZBLConfig,
+    _model_schema,
+    _section,
+)
 
 _BOUNDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<", "min_length": "length ≥", "max_length": "length ≤"}
 
@@ -65,6 +75,8 @@ def reference_markdown() -> str:
         ("loss", LossConfig),
         ("optimizer", OptimizerConfig),
         ("training", TrainingConfig),
+        ("terms.electrostatics", ElectrostaticsConfig),
+        ("terms.zbl", ZBLConfig),
     ):
         lines += rows(cls, f"{section}.")
     for family, cls in FAMILIES.items():

@@ -176,7 +176,11 @@ def _execute(
     t_start = clock()
     check_dtype(cfg)
     workdir = prepare_workdir(cfg)
-    session, state = setup(cfg, workdir, inputs(), callbacks, t_start, clock)
+    potential, report, train_frames, val_frames, test_frames = inputs()
+    # long-range terms fix their k grids (static shapes) for every structure the run evaluates
+    potential = potential.for_structures(list(train_frames) + list(val_frames) + list(test_frames))
+    prepared = (potential, report, train_frames, val_frames, test_frames)
+    session, state = setup(cfg, workdir, prepared, callbacks, t_start, clock)
     try:
         state, stop_reason = run(session, state)
         result = finish(session, state, stop_reason)

@@ -108,9 +108,12 @@ def potential_for_model(
     extra: Sequence[Frame] = (),
     seed: int = 0,
     isolated: Sequence[Frame] | None = None,
+    terms=(),
 ) -> tuple[Potential, str]:
     """A fresh potential around ``model`` (cutoff in Å) with E0 (eV), scale (eV, force RMS),
-    mean neighbour count and the model's own fitted constants fitted on the training frames.
+    mean neighbour count and the model's own fitted constants fitted on the training frames;
+    ``terms``: physical terms beside the network (:mod:`nnpes.terms`), or a callable
+    (atomic numbers, cutoff) → terms.
 
     Returns the potential and a one-line report of the fitted statistics.
     """
@@ -118,9 +121,11 @@ def potential_for_model(
     e0, method = fit_e0(train, numbers, isolated)
     scale, scale_method = energy_scale(train, numbers, e0)
     probe = [frame_to_graph(f, cutoff, numbers) for f in train[:1000]]
+    terms = terms(numbers, cutoff) if callable(terms) else tuple(terms)
     potential = Potential.create(
-        model, numbers, cutoff, seed, e0=e0, e0_method=method, scale=scale, avg_num_neighbors=mean_neighbors(probe)
-    )
+        model, numbers, cutoff, seed, e0=e0, e0_method=method, scale=scale, avg_num_neighbors=mean_neighbors(probe),
+        terms=terms,
+    )  # fmt: skip
     potential = potential.replace(model=fit_model_statistics(potential.model, probe))
     report = (
         f"{e0_report(numbers, e0, method)}; scale {scale:.4f} eV ({scale_method}); "
@@ -134,7 +139,9 @@ def build_potential(cfg: Config, train: Sequence[Frame], extra: Sequence[Frame] 
     (isolated-atom energies from ``cfg.data.isolated_atoms`` when given)."""
     d = cfg.data
     isolated = read_frames(d.isolated_atoms, energy_key=d.energy_key) if d is not None and d.isolated_atoms else None
-    potential, report = potential_for_model(cfg.build_model(), cfg.model.cutoff, train, extra, cfg.seed, isolated)
+    potential, report = potential_for_model(
+        cfg.build_model(), cfg.model.cutoff, train, extra, cfg.seed, isolated, terms=cfg.terms.build
+    )
     if d is not None:  # the model remembers where its labels were, for `nnpes evaluate`
         keys = {"energy": d.energy_key, "forces": d.forces_key, "stress": d.stress_key, "virial": d.virial_key}
         potential = potential.replace(label_keys=tuple(sorted(keys.items())))
