@@ -162,7 +162,8 @@ def energy_forces_stress(potential: "Potential", graph: jraph.GraphsTuple, compu
         dict with energy (G,) eV, interaction_energy (G,) eV (energy minus Σ E0, the quantity
         losses compare in float32), forces (N, 3) eV/Å, site_energies (N,) eV, and when
         compute_stress: stress (G, 3, 3) eV/Å³ (zero for non-periodic and padding graphs),
-        virial (G, 3, 3) eV = −∂E/∂ε; when the model has a charge head: charges (N,) e.
+        virial (G, 3, 3) eV = −∂E/∂ε; when the model has a charge head: charges (N,) e and
+        dipole (G, 3) e·Å = Σ q_i R_i.
     """
     compilation.traced("energy_forces_stress")
     positions = graph.nodes["positions"]
@@ -182,6 +183,9 @@ def energy_forces_stress(potential: "Potential", graph: jraph.GraphsTuple, compu
     out = {"energy": energy, "interaction_energy": e_int, "site_energies": sites}
     if charges is not None:
         out["charges"] = charges
+        # Σ q_i R_i per structure, e·Å (meaningful for neutral molecules; the optional dipole loss)
+        node_graph = graph_index(graph.n_node, positions.shape[0])
+        out["dipole"] = jax.ops.segment_sum(charges[:, None] * positions, node_graph, n_graph)
     if compute_stress:
         d_pos, d_strain = grads
         volume = jnp.abs(jnp.linalg.det(cell))

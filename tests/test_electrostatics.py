@@ -8,6 +8,7 @@ import itertools
 
 import ase
 import ase.build
+import ase.io
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -197,3 +198,73 @@ def test_training_config_switches_terms_on():
     terms = cfg.terms.build([1, 8], 5.0)
     assert [t.kind for t in terms] == ["electrostatics", "zbl"] and terms[0].smearing == 0.8
     assert load_config(raw={}).terms.build([1, 8], 5.0) == ()
+
+
+@pytest.fixture(scope="module")
+def ionic_box():
+    atoms = ase.build.bulk("NaCl", "rocksalt", a=4.2, cubic=True).repeat(2)  # 32 atoms, 8.4 Å
+    atoms.numbers = np.where(atoms.numbers == 11, 8, 1)
+    atoms.rattle(0.15, seed=3)
+    atoms.wrap()
+    return atoms
+
+
+@pytest.mark.parametrize("charge", [0.0, 2.0])
+def test_jaxmd_adaptor_equals_calculator_with_ewald_each_step(ionic_box, charge):
+    """The jax-md energy function evaluates the reciprocal sum inside jit: energy, forces and
+    stress equal the calculator's, also for a charged cell (neutralising background)."""
+    from jax_md import quantity, space
+
+    from nnpes.md import energy_neighbor_list
+
+    potential = _long_range_potential()
+    atoms = ionic_box.copy()
+    atoms.info["charge"] = charge
+    atoms.calc = nnpes.Calculator(potential, dtype="float64")
+    e_ref, f_ref, s_ref = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
+    side = float(atoms.cell.lengths()[0])
+    displacement, _ = space.periodic(side)
+    neighbor_fn, energy_fn = energy_neighbor_list(
+        potential, displacement, side, atoms.numbers, dr_threshold=0.3, total_charge=charge
+    )
+    R = jnp.asarray(atoms.positions)
+    nbrs = neighbor_fn.allocate(R)
+    energy, grad = jax.jit(jax.value_and_grad(energy_fn))(R, nbrs)
+    stress = jax.jit(lambda R, n: quantity.stress(energy_fn, R, side, neighbor=n))(R, nbrs)
+    assert abs(float(energy) - e_ref) < 1e-9 * abs(e_ref)
+    np.testing.assert_allclose(-np.asarray(grad), f_ref, atol=1e-9)
+    np.testing.assert_allclose(-np.asarray(stress), s_ref, atol=1e-10)  # jax-md's sign is the opposite
+
+
+def test_bad_total_charge_in_a_file_is_one_line_naming_the_frame(tmp_path):
+    from nnpes.data.io import read_frames
+    from nnpes.errors import DataError
+
+    atoms = ase.build.molecule("H2O")
+    atoms.info["charge"] = float("nan")
+    ase.io.write(tmp_path / "bad.xyz", atoms)
+    with pytest.raises(DataError, match=r"bad\.xyz.*info\['charge'\] is nan"):
+        read_frames(tmp_path / "bad.xyz")
+
+
+def test_dipole_label_enters_the_loss_only_with_latent_charges():
+    from nnpes.data.graph import batch_graphs, frame_to_graph
+    from nnpes.data.io import frame_from_atoms
+    from nnpes.errors import ConfigError
+    from nnpes.physics import energy_forces_stress
+    from nnpes.train.config import load_config
+    from nnpes.train.loss import error_sums
+
+    with pytest.raises(ConfigError, match="dipole_weight needs terms.electrostatics"):
+        load_config(raw={"loss": {"dipole_weight": 1.0}})
+    pot = _long_range_potential()
+    atoms = ase.build.molecule("CH3CH2OH")
+    atoms.info["REF_dipole"] = [0.1, 0.2, 0.3]
+    frame = frame_from_atoms(atoms, dipole_key="REF_dipole")
+    batch = batch_graphs([frame_to_graph(frame, pot.cutoff, pot.atomic_numbers)], dtype=np.float64)
+    out = energy_forces_stress(pot.for_structures([frame]), batch, compute_stress=False)
+    expected = np.asarray(out["charges"][:9]) @ atoms.positions
+    np.testing.assert_allclose(out["dipole"][0], expected, atol=1e-10)
+    sums = error_sums(out, batch)
+    assert float(sums["dipole_count"]) == 3.0
+    assert abs(float(sums["dipole"]) - float(np.sum((expected - [0.1, 0.2, 0.3]) ** 2))) < 1e-10

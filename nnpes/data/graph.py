@@ -14,7 +14,8 @@ Layout (host numpy arrays):
     edges:   shifts (E, 3) int32; "mirrored": a (0,)-shaped marker, present when edge E/2 + k is
              edge k reversed (the :class:`~nnpes.data.neighbors.NeighborList` layout, kept
              across the batch: every frame's pairs, then every frame's reversed pairs)
-    globals: cell (G, 3, 3) Å, charge (G,) total charge e, energy (G,) eV, stress (G, 3, 3) eV/Å³,
+    globals: cell (G, 3, 3) Å, charge (G,) total charge e, dipole (G, 3) e·Å, energy (G,) eV,
+             stress (G, 3, 3) eV/Å³, has_dipole (G,),
              has_energy / has_forces / has_stress (G,) float 0/1 label masks
 """
 
@@ -124,11 +125,8 @@ def batch_graphs(
 ) -> jraph.GraphsTuple:
     """Concatenate frames into one padded GraphsTuple (numpy, ready for ``jit``).
 
-    Args:
-        graphs: the frames.
-        n_node, n_edge, n_graph: padded totals (padding graph included); bucketed defaults from
-            :func:`pad_sizes`. n_node must exceed the real node count and n_graph the real graph count.
-        dtype: float dtype of positions, cell and labels.
+    Args: the frames; padded totals n_node, n_edge, n_graph (padding graph included; default:
+    :func:`pad_sizes`; n_node and n_graph must exceed the real counts); the float dtype.
     """
     auto = pad_sizes(graphs)
     n_node, n_edge, n_graph = (a if n is None else n for a, n in zip(auto, (n_node, n_edge, n_graph)))
@@ -149,8 +147,9 @@ def batch_graphs(
     cell = np.zeros((n_graph, 3, 3), dtype)
     energy = np.zeros(n_graph, dtype)
     charge = np.zeros(n_graph, dtype)
+    dipole = np.zeros((n_graph, 3), dtype)
     stress = np.zeros((n_graph, 3, 3), dtype)
-    has = {f"has_{k}": np.zeros(n_graph, dtype) for k in ("energy", "forces", "stress")}
+    has = {f"has_{k}": np.zeros(n_graph, dtype) for k in ("energy", "forces", "stress", "dipole")}
     n_node_arr = np.zeros(n_graph, np.int32)
     n_edge_arr = np.zeros(n_graph, np.int32)
 
@@ -173,6 +172,8 @@ def batch_graphs(
         shifts[where_to] = g.shifts
         cell[gi] = g.cell
         charge[gi] = g.charge
+        if g.dipole is not None:
+            dipole[gi], has["has_dipole"][gi] = g.dipole, 1
         if g.energy is not None:
             energy[gi], has["has_energy"][gi] = g.energy, 1
         if g.forces is not None:
@@ -190,7 +191,7 @@ def batch_graphs(
         edges={"shifts": shifts, **({"mirrored": np.zeros(0, np.int8)} if mirror else {})},
         senders=senders,
         receivers=receivers,
-        globals={"cell": cell, "charge": charge, "energy": energy, "stress": stress, **has},
+        globals={"cell": cell, "charge": charge, "dipole": dipole, "energy": energy, "stress": stress, **has},
         n_node=n_node_arr,
         n_edge=n_edge_arr,
     )

@@ -4,121 +4,30 @@ Any file ASE can read becomes a list of :class:`Frame` (positions in Å, energy 
 forces in eV/Å, stress in eV/Å³ with ASE's sign and a 3×3 layout). Every frame is checked
 on load; a bad one raises :class:`~nnpes.errors.DataError` naming the file and frame. A frame
 remembers which keys its source offered (:class:`FoundKeys`), so that a missing label can be
-reported together with the keys that are there (``REF_energy`` and the like).
+reported together with the keys that are there (``REF_energy`` and the like; see
+:mod:`nnpes.data.label_keys`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from nnpes.data.label_keys import (  # noqa: F401  (re-exported: the label-key part of this module's API)
+    LABELS,
+    FoundKeys,
+    key_hint,
+    keys_found,
+    label_key_text,
+    label_keys_found,
+    missing_labels_message,
+)
 from nnpes.errors import DataError, where
 
-LABELS = ("energy", "forces", "stress")
 MIN_DISTANCE_A = 0.1  # atoms closer than this are a broken frame, not physics
-_GEOMETRY_ARRAYS = ("numbers", "positions")  # atoms.arrays entries that are never labels
-_MAX_KEYS_LISTED = 12
-_STEMS = {"energy": "energ", "forces": "force"}  # a key containing these may hold the label (REF_force)
-
-
-@dataclasses.dataclass(frozen=True)
-class FoundKeys:
-    """The keys a frame (or, merged with ``|``, a file) offers for labels, each sorted.
-
-    Attributes:
-        info: per-frame keys of ``atoms.info``.
-        per_atom: keys of ``atoms.arrays`` other than numbers and positions.
-        calculator: result keys of an attached calculator (extxyz puts ``energy``,
-            ``forces`` and ``stress`` there).
-    """
-
-    info: tuple[str, ...] = ()
-    per_atom: tuple[str, ...] = ()
-    calculator: tuple[str, ...] = ()
-
-    def __or__(self, other: FoundKeys) -> FoundKeys:
-        merge = lambda a, b: tuple(sorted(set(a) | set(b)))  # noqa: E731
-        return FoundKeys(
-            merge(self.info, other.info), merge(self.per_atom, other.per_atom), merge(self.calculator, other.calculator)
-        )
-
-    def all(self) -> tuple[str, ...]:
-        """Every key, of any kind, sorted."""
-        return tuple(sorted(set(self.info) | set(self.per_atom) | set(self.calculator)))
-
-    def __str__(self) -> str:
-        """E.g. ``info keys [REF_energy], per-atom keys [REF_forces]``."""
-        parts = []
-        for kind, keys in (("info", self.info), ("per-atom", self.per_atom), ("calculator", self.calculator)):
-            if keys:
-                shown = ", ".join(keys[:_MAX_KEYS_LISTED])
-                more = f", … {len(keys) - _MAX_KEYS_LISTED} more" if len(keys) > _MAX_KEYS_LISTED else ""
-                parts.append(f"{kind} keys [{shown}{more}]")
-        return ", ".join(parts) or "no info, per-atom or calculator keys"
-
-
-def label_keys_found(atoms) -> FoundKeys:
-    """The keys an ``ase.Atoms`` offers for labels: ``atoms.info`` keys, per-atom
-    ``atoms.arrays`` keys other than numbers/positions, and calculator result keys."""
-    calc = getattr(atoms, "calc", None)
-    results = getattr(calc, "results", None) or {}
-    return _shared_keys(
-        tuple(sorted(map(str, atoms.info))),
-        tuple(sorted(str(k) for k in atoms.arrays if k not in _GEOMETRY_ARRAYS)),
-        tuple(sorted(map(str, results))),
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _shared_keys(info: tuple[str, ...], per_atom: tuple[str, ...], calculator: tuple[str, ...]) -> FoundKeys:
-    """One FoundKeys object per distinct key set (the frames of a file share it)."""
-    return FoundKeys(info, per_atom, calculator)
-
-
-def keys_found(frames: Iterable[Frame]) -> FoundKeys:
-    """The union of the keys the frames' sources offered (see :func:`label_keys_found`)."""
-    found = FoundKeys()
-    for keys in {id(f.found_keys): f.found_keys for f in frames if f.found_keys is not None}.values():
-        found = found | keys  # frames of a file mostly share one FoundKeys object
-    return found
-
-
-def label_key_text(label: str, keys: Mapping[str, str]) -> str:
-    """How a label is looked up, for messages: ``key 'energy'``, ``key 'stress' or 'virial'``."""
-    if label == "stress":
-        return f"key '{keys.get('stress', 'stress')}' or '{keys.get('virial', 'virial')}'"
-    return f"key '{keys.get(label, label)}'"
-
-
-def key_hint(labels: Iterable[str], found: FoundKeys | None = None, config: bool = True) -> str:
-    """How to point nnpes at other keys for these labels: config keys (``data.energy_key``, also
-    a ``nnpes train`` override) and ``nnpes evaluate`` options, with the found keys whose
-    names contain a label's stem (``REF_energy``, ``REF_force``) as candidates."""
-    labels = list(labels)
-    names = [n for label in labels for n in ((label,) if label != "stress" else ("stress", "virial"))]
-    options = "/".join(f"--{n}-key" for n in names)
-    hint = f"set the keys with {options}"
-    if config:
-        hint = f"set the keys with {'/'.join(f'data.{n}_key' for n in names)} in a config or override, or {options}"
-        hint += " of nnpes evaluate"
-    stems = [_STEMS.get(n, n) for n in names]
-    candidates = [k for k in (found.all() if found else ()) if any(stem in k.lower() for stem in stems)]
-    return f"{hint} (candidates: {', '.join(candidates)})" if candidates else hint
-
-
-def missing_labels_message(at: str, missing: Sequence[str], keys: Mapping[str, str], found: FoundKeys) -> str:
-    """One line: which labels are missing under which keys, the keys there are, how to fix it."""
-    listed = ", ".join(f"'{label}' ({label_key_text(label, keys)})" for label in missing)
-    verb = "label {} is" if len(missing) == 1 else "labels {} are"
-    without = " ".join(f"loss.{label}_weight=0" for label in missing)  # e.g. energy-only data
-    return (
-        f"{at}: {verb.format(listed)} missing; the frame has {found}; {key_hint(missing, found)}; "
-        f"or, to train without {'it' if len(missing) == 1 else 'them'}, {without}"
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +47,8 @@ class Frame:
             it; None for a Frame constructed directly).
         charge: total charge of the structure, e (``info["charge"]``; 0 when absent), which a
             model's latent charges conserve.
+        dipole: (3,) dipole moment, e·Å, or None: an optional label for the latent charges
+            (``loss.dipole_weight``), compared with Σ q_i R_i of neutral molecules.
     """
 
     positions: np.ndarray
@@ -151,6 +62,7 @@ class Frame:
     index: int | None = None
     found_keys: FoundKeys | None = None
     charge: float = 0.0
+    dipole: np.ndarray | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -221,6 +133,7 @@ def frame_from_atoms(
     forces_key: str = "forces",
     stress_key: str = "stress",
     virial_key: str = "virial",
+    dipole_key: str = "dipole",
     require: Iterable[str] = (),
 ) -> Frame:
     """Validate one ``ase.Atoms`` into a :class:`Frame`; raise DataError naming ``source``/``index``."""
@@ -240,20 +153,36 @@ def frame_from_atoms(
         raise DataError(missing_labels_message(at, missing, keys, found))
     check_min_distance(positions, cell, pbc, at)
     charge = total_charge(atoms, at)
-    return Frame(positions, numbers, cell, pbc, energy, forces, stress, source, index, found, charge)
+    dipole = _dipole(atoms, dipole_key, at)
+    return Frame(positions, numbers, cell, pbc, energy, forces, stress, source, index, found, charge, dipole)
+
+
+def _dipole(atoms, dipole_key: str, at: str) -> np.ndarray | None:
+    """The optional dipole label, e·Å ((3,) finite), of a frame (``info[dipole_key]``)."""
+    value = atoms.info.get(dipole_key)
+    if value is None:
+        return None
+    dipole = np.asarray(value, dtype=np.float64).reshape(-1)
+    if dipole.shape != (3,) or not np.all(np.isfinite(dipole)):
+        raise DataError(f"{at}: dipole ('{dipole_key}') must be 3 finite numbers (e·Å), got {value!r}")
+    return dipole
 
 
 def total_charge(atoms, at: str) -> float:
     """The structure's total charge, e, from ``atoms.info["charge"]`` (0 when absent); a value
     that is not one finite number is a DataError naming ``at``."""
-    value = atoms.info.get("charge", 0.0)
+    return _one_number(atoms.info.get("charge", 0.0), "info['charge']", at)
+
+
+def _one_number(value, what: str, at: str) -> float:
+    """``value`` as one finite float; a DataError naming ``at`` and ``what`` otherwise."""
     try:
-        charge = float(np.asarray(value, dtype=np.float64).reshape(()))
+        number = float(np.asarray(value, dtype=np.float64).reshape(()))
     except (TypeError, ValueError):
-        raise DataError(f"{at}: info['charge'] is not one number: {value!r}") from None
-    if not np.isfinite(charge):
-        raise DataError(f"{at}: info['charge'] is {charge}")
-    return charge
+        raise DataError(f"{at}: {what} is not one number: {value!r}") from None
+    if not np.isfinite(number):
+        raise DataError(f"{at}: {what} is {number}")
+    return number
 
 
 def geometry_from_atoms(atoms, at: str):
@@ -284,15 +213,7 @@ def geometry_from_atoms(atoms, at: str):
 
 def _energy(atoms, energy_key: str, at: str) -> float | None:
     energy = _lookup(atoms, energy_key, per_atom=False)
-    if energy is None:
-        return None
-    try:
-        energy = float(np.asarray(energy, dtype=np.float64).reshape(()))
-    except (TypeError, ValueError):
-        raise DataError(f"{at}: energy key '{energy_key}' is not one number: {energy!r}") from None
-    if not np.isfinite(energy):
-        raise DataError(f"{at}: energy ('{energy_key}') is {energy}")
-    return energy
+    return None if energy is None else _one_number(energy, f"energy ('{energy_key}')", at)
 
 
 def _forces(atoms, forces_key: str, n: int, at: str) -> np.ndarray | None:

@@ -13,9 +13,10 @@ import typing
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nnpes.errors import ConfigError
+from nnpes.train.config_terms import ElectrostaticsConfig, TermsConfig, ZBLConfig  # noqa: F401  (re-exported)
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -34,15 +35,18 @@ class DataConfig(BaseModel):
     forces_key: str = "forces"
     stress_key: str = "stress"
     virial_key: str = "virial"
+    dipole_key: str = "dipole"
 
 
 class LossConfig(BaseModel):
-    """Loss = w_E·⟨(ΔE/N)²⟩ + w_F·⟨ΔF²⟩ + w_σ·⟨Δσ²⟩ (eV/atom, eV/Å, eV/Å³), or Huber of the same."""
+    """Loss = w_E·⟨(ΔE/N)²⟩ + w_F·⟨ΔF²⟩ + w_σ·⟨Δσ²⟩ + w_μ·⟨Δμ²⟩ (eV/atom, eV/Å, eV/Å³, e·Å), or Huber
+    of the same; the dipole term needs an electrostatics term (latent charges)."""
 
     model_config = _STRICT
     energy_weight: float = Field(10.0, ge=0.0)
     forces_weight: float = Field(1.0, ge=0.0)
     stress_weight: float = Field(0.0, ge=0.0)
+    dipole_weight: float = Field(0.0, ge=0.0, description="latent charges' Σ q_i R_i vs data.dipole_key, (e·Å)²")
     kind: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(0.01, gt=0.0)
 
@@ -79,46 +83,6 @@ class TrainingConfig(BaseModel):
     log_every_s: float = Field(10.0, ge=0.0, description="s between per-epoch lines (0: every epoch)")
     tensorboard: bool = False
     progress: bool = True
-
-
-class ElectrostaticsConfig(BaseModel):
-    """Coulomb energy of latent charges (:class:`nnpes.electrostatics.Electrostatics`): the model
-    gets a charge head; structures' total charges come from ``info["charge"]`` (0 when absent)."""
-
-    model_config = _STRICT
-    smearing: float = Field(1.0, ge=0.0, description="Gaussian width of every charge, Å (0: point charges)")
-    accuracy: float = Field(1e-5, gt=0.0, lt=1.0, description="relative accuracy of the Ewald / PME sums")
-    method: Literal["ewald", "pme"] = "ewald"
-    mesh_spacing: float | None = Field(None, gt=0.0, description="PME mesh spacing, Å (None: from accuracy)")
-
-
-class ZBLConfig(BaseModel):
-    """ZBL screened nuclear repulsion (:class:`nnpes.zbl.ZBL`), switched off smoothly between
-    inner_radius and outer_radius (Å, outer ≤ the model's cutoff)."""
-
-    model_config = _STRICT
-    outer_radius: float = Field(2.0, gt=0.0, description="Å: zero from here on")
-    inner_radius: float | None = Field(None, ge=0.0, description="Å: full ZBL up to here (None: outer / 2)")
-
-
-class TermsConfig(BaseModel):
-    """Physical terms added to the network's energy; a present section switches its term on."""
-
-    model_config = _STRICT
-    electrostatics: ElectrostaticsConfig | None = None
-    zbl: ZBLConfig | None = None
-
-    def build(self, atomic_numbers, cutoff: float) -> tuple:
-        """The :class:`nnpes.terms.Term` objects for a potential with these elements and cutoff (Å)."""
-        from nnpes.electrostatics import Electrostatics
-        from nnpes.zbl import ZBL
-
-        terms = []
-        if self.electrostatics is not None:
-            terms.append(Electrostatics(**self.electrostatics.model_dump()))
-        if self.zbl is not None:
-            terms.append(ZBL.for_potential(atomic_numbers, cutoff, **self.zbl.model_dump()))
-        return tuple(terms)
 
 
 def _model_schema(family: str, cls) -> type[BaseModel]:
@@ -175,6 +139,12 @@ class Config(BaseModel):
     @classmethod
     def _model(cls, v: Any) -> BaseModel:
         return model_section(v)
+
+    @model_validator(mode="after")
+    def _dipole_needs_charges(self):
+        if self.loss.dipole_weight > 0 and self.terms.electrostatics is None:
+            raise ValueError("loss.dipole_weight needs terms.electrostatics (the latent charges whose dipole it fits)")
+        return self
 
     @field_validator("workdir")
     @classmethod

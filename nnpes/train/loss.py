@@ -17,7 +17,8 @@ def _penalty(diff, kind: str, delta: float):
 
 def error_sums(pred: dict, graph: jraph.GraphsTuple, kind: str = "mse", delta: float = 0.01) -> dict:
     """Sums of penalties and their counts for energy per atom (eV/atom), force components
-    (eV/Å) and stress components (eV/Å³). The energy label in ``graph`` is the interaction
+    (eV/Å), stress components (eV/Å³) and, for models with latent charges, dipole components
+    (e·Å). The energy label in ``graph`` is the interaction
     energy (total minus Σ E0), so float32 never subtracts two large totals."""
     n_node = graph.nodes["species"].shape[0]
     g = graph.globals
@@ -40,6 +41,10 @@ def error_sums(pred: dict, graph: jraph.GraphsTuple, kind: str = "mse", delta: f
         s_pen = _penalty(pred["stress"] - g["stress"], kind, delta).sum((-1, -2))
         out["stress"] = jnp.sum(w_s * s_pen)
         out["stress_count"] = 9.0 * jnp.sum(w_s)
+    if "dipole" in pred and "has_dipole" in g:  # latent charges' dipole against an optional label
+        w_d = g["has_dipole"] * graph_mask
+        out["dipole"] = jnp.sum(w_d * _penalty(pred["dipole"] - g["dipole"], kind, delta).sum(-1))
+        out["dipole_count"] = 3.0 * jnp.sum(w_d)
     return out
 
 

@@ -108,6 +108,7 @@ def setup(
     total_steps = t.max_steps if t.max_steps is not None else t.max_epochs * steps_per_epoch
     optimizer = make_optimizer(cfg.optimizer, steps_per_epoch)
     weights = {"energy": cfg.loss.energy_weight, "forces": cfg.loss.forces_weight, "stress": cfg.loss.stress_weight}
+    weights["dipole"] = cfg.loss.dipole_weight
     step_fn = make_train_step(
         potential, optimizer, weights, cfg.loss.kind, cfg.loss.huber_delta, cfg.optimizer.ema_decay
     )

@@ -35,6 +35,7 @@ def _read(paths: Sequence[str], data: DataConfig | None, require: Sequence[str])
             forces_key=data.forces_key,
             stress_key=data.stress_key,
             virial_key=data.virial_key,
+            dipole_key=data.dipole_key,
         )
     )
     frames: list[Frame] = []
