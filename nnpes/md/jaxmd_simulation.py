@@ -22,6 +22,7 @@ import numpy as np
 from jax_md import space
 
 from nnpes import memory
+from nnpes.data.io import total_charge
 from nnpes.errors import ConfigError
 from nnpes.md.cell_lists import ListSettings, cell_grid
 from nnpes.md.config import MDConfig, configure
@@ -181,6 +182,7 @@ def simulation(
         dr_threshold=options.skin_a,
         capacity_multiplier=options.capacity_multiplier,
         fractional_coordinates=periodic,
+        total_charge=total_charge(atoms, source or "ase.Atoms"),  # conserved by latent charges
     )
     init_fn, apply_fn = ensemble(options).jaxmd(options, energy_fn, shift_fn)
     start_time = start_time_fs(atoms)
