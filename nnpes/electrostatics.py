@@ -184,8 +184,8 @@ def mesh_reciprocal_sites(q, positions, cell, node_graph, mesh, alpha: float):
     safe, periodic = _safe_cells(cell)
     smear = 1.0 / (math.sqrt(2.0) * alpha)  # jax-pme's splitting: e^{−σ²k²/2} = e^{−k²/4α²}
     kgrid = jnp.ones(mesh, positions.dtype)
-    out = jnp.zeros_like(q)
-    for g in range(cell.shape[0]):
+
+    def one_graph(g):
         mine = node_graph == g
         qg = jnp.where(mine, q, 0.0)
         recip = get_reciprocal(safe[g])
@@ -194,7 +194,11 @@ def mesh_reciprocal_sites(q, positions, cell, node_graph, mesh, alpha: float):
         pot = solver.kspace(smear, qg, recip, kgrid, kvec, positions, volume, safe[g], None)
         # jax-pme's kspace holds ½ (mesh sum + its own self and background terms): take those out
         own = -qg * math.sqrt(2.0 / math.pi) / smear - 2 * math.pi * smear**2 * jnp.sum(qg) / volume
-        out = out + jnp.where(mine & periodic[g], COULOMB_EV_A * q * (pot - own / 2), 0.0)
+        return jnp.where(mine, COULOMB_EV_A * q * (pot - own / 2), 0.0)
+
+    out = jnp.zeros_like(q)
+    for g in range(cell.shape[0]):  # a padding graph or molecule (no cell) skips its mesh at run time
+        out = out + jax.lax.cond(periodic[g], one_graph, lambda g: jnp.zeros_like(q), g)
     return out
 
 
@@ -282,6 +286,52 @@ class Electrostatics(Term):
         }
 
 
+def coulomb_energy_function(
+    positions,
+    cell=None,
+    *,
+    smearing: float = 0.0,
+    accuracy: float = 1e-8,
+    real_cutoff: float = 8.0,
+    method: str = "ewald",
+):
+    """The electrostatic energy of one structure as a pure jax function of positions, charges
+    and strain, with the pairs within ``real_cutoff`` and the k grid fixed for this geometry:
+    the same sums as the :class:`Electrostatics` term, for given charges.
+
+    Args: as :func:`coulomb` (positions (N, 3) Å list the pairs; cell rows Å or None).
+
+    Returns:
+        ``energy(positions (N, 3) Å, charges (N,) e, strain (3, 3)) -> eV``: positions and
+        cell are strained by (1 + ε) with ε the symmetric part of ``strain`` (zero: none).
+        Charges that do not sum to zero in a cell get the neutralising background.
+    """
+    from nnpes.data.neighbors import neighbor_list
+    from nnpes.physics import safe_edges
+
+    positions = np.asarray(positions, np.float64).reshape(-1, 3)
+    cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, np.float64).reshape(3, 3)
+    periodic = abs(np.linalg.det(cell)) > _VOLUME_EPS
+    term = Electrostatics(smearing=smearing, accuracy=accuracy, method=method).for_cells(cell[None], real_cutoff)
+    pairs = neighbor_list(positions, cell, np.full(3, periodic), real_cutoff)
+    n = len(positions)
+
+    def energy(pos, charges, strain):
+        strain = 0.5 * (strain + strain.T)
+        pos = pos + pos @ strain
+        lattice = jnp.asarray(cell, pos.dtype) + jnp.asarray(cell, pos.dtype) @ strain
+        vectors = pos[pairs.senders] - pos[pairs.receivers] + jnp.asarray(pairs.shifts, pos.dtype) @ lattice
+        vectors, mask = safe_edges(vectors, jnp.ones(len(pairs.senders), bool), real_cutoff)
+        inputs = TermInputs(
+            vectors, mask, jnp.zeros(n, jnp.int32), jnp.asarray(pairs.senders), jnp.asarray(pairs.receivers),
+            positions=pos, cell=lattice[None], node_graph=jnp.zeros(n, jnp.int32),
+            charges=jnp.asarray(charges, pos.dtype), cutoff=real_cutoff,
+        )  # fmt: skip
+        return jnp.sum(term.site_energies(inputs))
+
+    return energy
+
+
 def coulomb(
     positions,
     charges,
@@ -291,53 +341,30 @@ def coulomb(
     accuracy: float = 1e-8,
     real_cutoff: float = 8.0,
     method: str = "ewald",
-    total_charge: float | None = None,
 ) -> dict[str, np.ndarray | float]:
     """Electrostatic energy, forces and stress of fixed charges in one structure: the same sums
     as the :class:`Electrostatics` term, for users and checks that have charges already.
 
     Args:
-        positions: (N, 3) Å. charges: (N,) e.
+        positions: (N, 3) Å. charges: (N,) e (a cell whose charges do not sum to zero gets the
+            neutralising background).
         cell: (3, 3) lattice vectors as rows, Å; None or zeros: a molecule (direct sum).
         smearing: Gaussian width of every charge, Å (0: point charges).
         accuracy: relative accuracy of the Ewald / mesh sums.
         real_cutoff: real-space cutoff r_c, Å (sets the splitting α with ``accuracy``).
         method: "ewald" or "pme".
-        total_charge: e; a cell whose charges sum to it ≠ 0 gets the neutralising background.
-            None: the sum of ``charges``.
 
     Returns:
         {"energy": eV, "forces": (N, 3) eV/Å, "stress": (3, 3) eV/Å³ (ASE sign; zero without
         a cell)}, in the precision jax runs in (enable x64 for float64).
     """
-    from nnpes.data.neighbors import neighbor_list
-
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-    positions = np.asarray(positions, np.float64).reshape(-1, 3)
-    charges = np.asarray(charges, np.float64).reshape(-1)
-    cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, np.float64).reshape(3, 3)
-    periodic = abs(np.linalg.det(cell)) > _VOLUME_EPS
-    term = Electrostatics(smearing=smearing, accuracy=accuracy, method=method).for_cells(cell[None], real_cutoff)
-    pairs = neighbor_list(positions, cell, np.full(3, periodic), real_cutoff)
-    q = jnp.asarray(charges, dtype)
-
-    def energy(pos, eps):
-        strain = 0.5 * (eps + eps.T)
-        pos = pos + pos @ strain
-        lattice = jnp.asarray(cell, dtype) + jnp.asarray(cell, dtype) @ strain
-        vectors = pos[pairs.senders] - pos[pairs.receivers] + jnp.asarray(pairs.shifts, dtype) @ lattice
-        r2 = jnp.sum(vectors**2, axis=-1)
-        mask = (r2 < real_cutoff**2) & (r2 > 0)
-        vectors = jnp.where(mask[:, None], vectors, jnp.asarray([0.5 * real_cutoff, 0.0, 0.0], dtype))
-        inputs = TermInputs(
-            vectors, mask, jnp.zeros(len(q), jnp.int32), jnp.asarray(pairs.senders), jnp.asarray(pairs.receivers),
-            positions=pos, cell=lattice[None], node_graph=jnp.zeros(len(q), jnp.int32), charges=q,
-            cutoff=real_cutoff,
-        )  # fmt: skip
-        return jnp.sum(term.site_energies(inputs))
-
-    e, (d_pos, d_eps) = jax.jit(jax.value_and_grad(energy, argnums=(0, 1)))(
-        jnp.asarray(positions, dtype), jnp.zeros((3, 3), dtype)
+    energy = coulomb_energy_function(
+        positions, cell, smearing=smearing, accuracy=accuracy, real_cutoff=real_cutoff, method=method
     )
-    stress = np.asarray(d_eps) / abs(np.linalg.det(cell)) if periodic else np.zeros((3, 3))
+    e, (d_pos, d_eps) = jax.jit(jax.value_and_grad(energy, argnums=(0, 2)))(
+        jnp.asarray(np.reshape(positions, (-1, 3)), dtype), jnp.asarray(charges, dtype), jnp.zeros((3, 3), dtype)
+    )
+    volume = 0.0 if cell is None else abs(np.linalg.det(np.asarray(cell, np.float64).reshape(3, 3)))
+    stress = np.asarray(d_eps) / volume if volume > _VOLUME_EPS else np.zeros((3, 3))
     return {"energy": float(e), "forces": -np.asarray(d_pos), "stress": stress}
