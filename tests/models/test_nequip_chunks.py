@@ -17,7 +17,7 @@ from nnpes import Potential
 from nnpes.data.graph import batch_graphs, frame_to_graph
 from nnpes.data.io import frame_from_atoms, read_frames
 from nnpes.models import NequIP
-from nnpes.models.nequip import edge_chunk_size
+from nnpes.models.convolution import edge_chunk_size
 from nnpes.physics import energy_forces_stress
 
 ETHANOL = os.path.join(os.path.dirname(nnpes.__file__), "data", "files", "ethanol_train.xyz")
