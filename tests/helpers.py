@@ -4,6 +4,7 @@ Each entry maps a family name of ``nnpes.models.FAMILIES`` to a factory returnin
 model (a few hundred parameters: each distinct model compiles once per padded shape, and the
 machine running the suite is small). Adding a family means adding one line here, e.g.::
 
+    "mace": lambda: MACE(channels=4, l_max=2, num_layers=2, num_basis=4, radial_features=(8,), readout_features=4),
     "behler_parrinello": lambda: BehlerParrinello(<small hyper-parameters>),
 
 ``test_every_family_has_a_tiny_model`` fails until the line exists. The receptive field the
@@ -15,10 +16,11 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nnpes.models import BehlerParrinello, DeepSets, NequIP
+from nnpes.models import MACE, BehlerParrinello, DeepSets, NequIP
 
 TINY_MODELS = {
     "nequip": lambda: NequIP(channels=4, l_max=2, num_layers=2, num_basis=4, radial_features=(8,), readout_features=4),
+    "mace": lambda: MACE(channels=4, l_max=2, num_layers=2, num_basis=4, radial_features=(8,), readout_features=4),
     "behler_parrinello": lambda: BehlerParrinello(num_radial=4, zetas=(1, 2), hidden_features=(8,)),
     "deepsets": lambda: DeepSets(num_basis=4, embed_features=4, phi_features=(8, 8), rho_features=(8,)),
 }

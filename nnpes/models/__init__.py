@@ -12,10 +12,12 @@ from nnpes.errors import ModelError
 from nnpes.models.base import SiteModel, receptive_hops
 from nnpes.models.behler_parrinello import BehlerParrinello
 from nnpes.models.deepsets import DeepSets
+from nnpes.models.mace import MACE
 from nnpes.models.nequip import NequIP
 
 FAMILIES: dict[str, type] = {
     "nequip": NequIP,
+    "mace": MACE,
     "behler_parrinello": BehlerParrinello,
     "deepsets": DeepSets,
 }
@@ -56,6 +58,7 @@ __all__ = [
     "FAMILIES",
     "BehlerParrinello",
     "DeepSets",
+    "MACE",
     "NequIP",
     "SiteModel",
     "family_class",

@@ -36,6 +36,19 @@ BAD_VALUES = {
         "edge_chunk": -1,
         "edge_memory_mb": 0.0,
     },
+    "mace": {
+        "channels": 0,
+        "l_max": 5,
+        "hidden_l_max": 3,  # above the default l_max = 2: the family's cross-field check
+        "correlation": 0,
+        "num_layers": 0,
+        "num_basis": 0,
+        "radial_features": [0],
+        "envelope_p": 33,
+        "readout_features": -1,
+        "edge_chunk": -1,
+        "edge_memory_mb": -1.0,
+    },
     "behler_parrinello": {
         "num_radial": 0,
         "radial_shifts": [],
