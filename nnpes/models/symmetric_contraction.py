@@ -6,10 +6,9 @@ tensor-product basis U^ν (:func:`e3nn.reduced_symmetric_tensor_product_basis`),
 equivariant polynomial of degree ν in A_ik with output irreps ``irreps_out``; species-dependent
 weights mix those paths. Degree ν sees (ν + 1)-body correlations.
 
-U^ν is symmetric in its ν input indices, so the contraction runs over the C(D + ν − 1, ν)
-distinct monomials A_a A_b … (a ≤ b ≤ …) instead of all D^ν products, with U folded onto
-them on the host (165 instead of 729 for l_max = 2, ν = 3), and all degrees and output irreps
-in one matrix product.
+U^ν is symmetric in its ν input indices, so degree ν is contracted as Σ_k A_k Σ_c m_c U'[c, k]
+over the C(D + ν − 2, ν − 1) distinct monomials m of degree ν − 1 (45 instead of 81 for
+l_max = 2, ν = 3), with U folded onto them on the host: one matrix product per degree.
 """
 
 from __future__ import annotations
@@ -28,58 +27,34 @@ import numpy as np
 def symmetric_basis(irreps_in: str, irreps_out: str, correlation: int):
     """Host tables for :class:`SymmetricContraction` (per channel; irreps of multiplicity 1).
 
-    Returns (steps, projection, blocks):
-        steps: for degrees 2..ν, index pairs (lower, last) such that monomial c of degree ν is
-            monomial ``lower[c]`` of degree ν − 1 times component ``last[c]``.
-        projection: (C, Q) float64, C = monomials of all degrees, Q = Σ paths · (2l + 1).
-        blocks: ((ir, paths, offset into Q), ...) for every output irrep that has a path.
+    Returns a tuple, one entry per degree ν = 1..correlation, of (u, layout):
+        u: (C_{ν−1}, D, Q_ν) float64: U^ν with its first ν − 1 indices folded onto the distinct
+            monomials of degree ν − 1 (C_0 = 1) and its last index kept, so that
+            Y_ν = Σ_k a_k Σ_c m_c u[c, k] over monomials m of degree ν − 1.
+        layout: ((ir, paths, first column), ...) of the Q_ν columns.
     """
-    irreps_in_, keep = e3nn.Irreps(irreps_in), e3nn.Irreps(irreps_out)
+    irreps_in_, keep = e3nn.Irreps(irreps_in), [ir for _, ir in e3nn.Irreps(irreps_out)]
     dim = irreps_in_.dim
-    combos = {nu: list(itertools.combinations_with_replacement(range(dim), nu)) for nu in range(1, correlation + 1)}
-    steps = []
-    for nu in range(2, correlation + 1):
-        position = {c: k for k, c in enumerate(combos[nu - 1])}
-        steps.append(
-            (
-                np.array([position[c[:-1]] for c in combos[nu]], np.int32),
-                np.array([c[-1] for c in combos[nu]], np.int32),
-            )
-        )
-    per_irrep = {ir: [] for _, ir in keep}  # ir -> [(degree, (C_ν, P, 2l+1))]
+    degrees = []
     for nu in range(1, correlation + 1):
-        u = e3nn.reduced_symmetric_tensor_product_basis(irreps_in_, nu, keep_ir=list(per_irrep))
-        full = np.asarray(u.array, np.float64).reshape(dim**nu, -1)
-        position = {c: k for k, c in enumerate(combos[nu])}
-        rows = [position[tuple(sorted(t))] for t in itertools.product(range(dim), repeat=nu)]
-        folded = np.zeros((len(combos[nu]), full.shape[1]))
-        np.add.at(folded, rows, full)  # Σ over the orderings of each monomial
-        for (mul, ir), sl in zip(u.irreps, u.irreps.slices()):
-            per_irrep[ir].append((nu, folded[:, sl].reshape(len(combos[nu]), mul, ir.dim)))
-    offsets = np.cumsum([0] + [len(combos[nu]) for nu in range(1, correlation + 1)])
-    columns, blocks, q = [], [], 0
-    for ir, parts in per_irrep.items():
-        paths = sum(p.shape[1] for _, p in parts)
-        if not paths:
-            continue
-        block = np.zeros((offsets[-1], paths, ir.dim))
-        start = 0
-        for nu, p in parts:
-            block[offsets[nu - 1] : offsets[nu], start : start + p.shape[1]] = p
-            start += p.shape[1]
-        columns.append(block.reshape(offsets[-1], -1))
-        blocks.append((ir, paths, q))
-        q += paths * ir.dim
-    return tuple(steps), np.concatenate(columns, axis=1), tuple(blocks)
+        u = e3nn.reduced_symmetric_tensor_product_basis(irreps_in_, nu, keep_ir=keep)
+        full = np.asarray(u.array, np.float64).reshape(dim ** (nu - 1), dim, -1)
+        position = {c: k for k, c in enumerate(itertools.combinations_with_replacement(range(dim), nu - 1))}
+        rows = [position[tuple(sorted(t))] for t in itertools.product(range(dim), repeat=nu - 1)]
+        folded = np.zeros((len(position), dim, full.shape[-1]))
+        np.add.at(folded, rows, full)  # Σ over the orderings of each lower monomial
+        layout = tuple((ir, mul, sl.start) for (mul, ir), sl in zip(u.irreps, u.irreps.slices()) if mul)
+        degrees.append((folded, layout))
+    return tuple(degrees)
 
 
-def monomials(a: jnp.ndarray, steps) -> jnp.ndarray:
-    """(..., D) → (..., C): the distinct monomials of degrees 1..ν of the last axis."""
-    out, current = [a], a
-    for lower, last in steps:
-        current = current[..., lower] * a[..., last]
-        out.append(current)
-    return jnp.concatenate(out, axis=-1)
+def next_monomials(x: jnp.ndarray, a: jnp.ndarray, degree: int) -> jnp.ndarray:
+    """The distinct monomials of degree ``degree`` + 1 of a's last axis (D), from those of
+    ``degree`` (x, in itertools.combinations_with_replacement order): each monomial times the
+    components from its last index on. Built from slices, not gathers: their derivatives (twice,
+    for the parameter gradient of forces) stay cheap on a CPU, where a gather's are scatters."""
+    lasts = [c[-1] for c in itertools.combinations_with_replacement(range(a.shape[-1]), degree)]
+    return jnp.concatenate([x[..., i : i + 1] * a[..., last:] for i, last in enumerate(lasts)], axis=-1)
 
 
 class SymmetricContraction(nn.Module):
@@ -102,17 +77,31 @@ class SymmetricContraction(nn.Module):
         (channels,), n = muls, a.shape[0]
         per_channel = e3nn.Irreps([(1, ir) for _, ir in a.irreps])
         parts = [a.array[:, sl].reshape(n, channels, ir.dim) for (_, ir), sl in zip(a.irreps, a.irreps.slices())]
-        steps, projection, blocks = symmetric_basis(
-            str(per_channel), str(e3nn.Irreps(self.irreps_out)), self.correlation
-        )
-        x = monomials(jnp.concatenate(parts, axis=-1), steps)  # (N, K, C)
-        y = x @ jnp.asarray(projection, a.dtype)  # (N, K, Q)
+        degrees = symmetric_basis(str(per_channel), str(e3nn.Irreps(self.irreps_out)), self.correlation)
+        a = jnp.concatenate(parts, axis=-1)  # (N, K, D)
+        paths = {}  # ir -> [(N, K, P, 2l + 1) of each degree]
+        x = a
+        for nu, (u, layout) in enumerate(degrees, start=1):
+            if nu == 1:
+                y = a @ jnp.asarray(u[0], a.dtype)
+            else:
+                if nu > 2:
+                    x = next_monomials(x, a, nu - 2)
+                y = (x @ jnp.asarray(u.reshape(u.shape[0], -1), a.dtype)).reshape(x.shape[:-1] + u.shape[1:])
+                y = jnp.sum(y * a[..., None], axis=-2)  # Σ_k a_k (…)_k
+            for ir, mul, start in layout:
+                paths.setdefault(ir, []).append(y[..., start : start + mul * ir.dim].reshape(n, channels, mul, ir.dim))
         one_hot = jax.nn.one_hot(species, self.num_species, dtype=a.dtype)
         irreps, chunks = [], []
-        for ir, paths, offset in blocks:
-            w = self.param(f"w_{ir}", nn.initializers.normal(paths**-0.5), (self.num_species, paths, channels), a.dtype)
-            w_atom = jnp.einsum("ns,spk->npk", one_hot, w)
-            y_ir = y[..., offset : offset + paths * ir.dim].reshape(n, channels, paths, ir.dim)
-            chunks.append(jnp.einsum("nkpd,npk->nkd", y_ir, w_atom))
+        for ir in dict.fromkeys(ir for _, ir in e3nn.Irreps(self.irreps_out)):
+            if ir not in paths:
+                continue
+            y_ir = jnp.concatenate(paths[ir], axis=2)  # (N, K, P, 2l + 1), degrees in order
+            n_paths = y_ir.shape[2]
+            w = self.param(
+                f"w_{ir}", nn.initializers.normal(n_paths**-0.5), (self.num_species, n_paths, channels), a.dtype
+            )
+            w_atom = (one_hot @ w.reshape(self.num_species, -1)).reshape(n, n_paths, channels)
+            chunks.append(jnp.sum(y_ir * jnp.swapaxes(w_atom, 1, 2)[..., None], axis=2))
             irreps.append((channels, ir))
         return e3nn.from_chunks(irreps, chunks, (n,), a.dtype)
