@@ -113,31 +113,38 @@ def split_edges(vectors, edge_mask, senders, receivers, chunk: int, safe):
     return tuple(a.reshape((n_chunk, chunk) + a.shape[1:]) for a in (vectors, edge_mask, senders, receivers))
 
 
-def prepare_edges(
-    vectors,
-    edge_mask,
-    senders,
-    receivers,
-    *,
-    per_edge_bytes: int,
-    edge_chunk,
-    memory_mb: float,
-    cutoff: float,
-    mirrored: bool,
-):
+def prepare_edges(model, vectors, edge_mask, senders, receivers, *, features, sh_irreps, target, mirrored: bool):
     """The edges as the convolution loops over them: flat ((E, 3) vectors, (E,) mask, senders,
-    receivers) or split into (C, B, ...) chunks (:func:`edge_chunk_size`, :func:`split_edges`).
-    ``mirrored``: edge E/2 + k is edge k reversed, so only the first half is kept and each edge
-    stands for both directions (``per_edge_bytes`` is then doubled per kept edge)."""
+    receivers) or split into (C, B, ...) chunks (:func:`edge_chunk_size`, :func:`split_edges`),
+    sized for the widest layer (``features`` ⊗ Y → ``target``) from the model's ``edge_chunk``,
+    ``edge_memory_mb``, ``radial_features`` and ``cutoff``. ``mirrored``: edge E/2 + k is edge k
+    reversed, so only the first half is kept and each edge stands for both directions."""
+    # per-edge intermediates: gathered features, messages (product, weighted, cotangent), their
+    # weights and the radial MLP's hidden layers
+    msg = message_irreps(features, sh_irreps, target)
+    per_edge = features.dim + 3 * msg.dim + 2 * msg.num_irreps + 2 * sum(model.radial_features) + sh_irreps.dim
+    per_edge *= vectors.dtype.itemsize
     edges = (vectors, edge_mask, senders, receivers)
     if mirrored:
         edges = tuple(a[: a.shape[0] // 2] for a in edges)
-        per_edge_bytes *= 2
-    given = edge_chunk if edge_chunk is None or not mirrored else -(-edge_chunk // 2)
-    chunk = edge_chunk_size(edges[0].shape[0], per_edge_bytes, given, memory_mb)
+        per_edge *= 2
+    given = model.edge_chunk if model.edge_chunk is None or not mirrored else -(-model.edge_chunk // 2)
+    chunk = edge_chunk_size(edges[0].shape[0], per_edge, given, model.edge_memory_mb)
     if chunk:
-        edges = split_edges(*edges, chunk, safe_vector(cutoff, vectors.dtype))
+        edges = split_edges(*edges, chunk, safe_vector(model.cutoff, vectors.dtype))
     return edges
+
+
+def convolve(layer, h: e3nn.IrrepsArray, edges, target: e3nn.Irreps) -> e3nn.IrrepsArray:
+    """Σ_j R(r_ij) h_j ⊗ Y(r̂_ij) over every atom's edges, divided by √(mean neighbour count):
+    the (N, message irreps) sums a layer of either family starts from. ``layer`` is the calling
+    compact module; its fields radial_features, sh_irreps, cutoff, num_basis, envelope_p,
+    both_directions and avg_num_neighbors set the convolution (parameters under "radial")."""
+    msg_irreps = message_irreps(h.irreps, layer.sh_irreps, target)
+    acc = jnp.zeros((h.shape[0], msg_irreps.dim), h.dtype)
+    fields = (layer.radial_features, target, layer.sh_irreps, layer.cutoff, layer.num_basis, layer.envelope_p)
+    acc = sum_messages(fields + (layer.both_directions,), acc, h, edges)
+    return e3nn.IrrepsArray(msg_irreps, acc) / jnp.sqrt(layer.avg_num_neighbors).astype(acc.dtype)
 
 
 def sum_messages(fields: tuple, acc, h, edges, name: str = "radial"):

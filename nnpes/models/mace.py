@@ -27,7 +27,7 @@ from nnpes.models.base import (
     Widths,
     site_outputs,
 )
-from nnpes.models.convolution import message_irreps, prepare_edges, sum_messages
+from nnpes.models.convolution import convolve, prepare_edges
 from nnpes.models.symmetric_contraction import SymmetricContraction
 from nnpes.models.tensor_products import SpeciesLinear
 
@@ -63,11 +63,7 @@ class MACEInteraction(nn.Module):
         out = self.channels * e3nn.Irreps(self.out_irreps)
         residual = SpeciesLinear(out, self.num_species, name="self_connection")(species, x)
         h = e3nn.flax.Linear(x.irreps, name="linear_up")(x)
-        msg_irreps = message_irreps(h.irreps, self.sh_irreps, target)
-        acc = jnp.zeros((x.shape[0], msg_irreps.dim), h.dtype)
-        fields = (self.radial_features, target, self.sh_irreps, self.cutoff, self.num_basis, self.envelope_p)
-        acc = sum_messages(fields + (self.both_directions,), acc, h, edges)
-        a = e3nn.IrrepsArray(msg_irreps, acc) / jnp.sqrt(self.avg_num_neighbors).astype(acc.dtype)
+        a = convolve(self, h, edges, target)
         a = e3nn.flax.Linear(target, force_irreps_out=True, name="linear_basis")(a)
         b = SymmetricContraction(str(e3nn.Irreps(self.out_irreps)), self.correlation, self.num_species, name="product")(
             species, a
@@ -128,17 +124,15 @@ class MACE(SiteModel):
     def __call__(self, vectors, species, senders, receivers, edge_mask, mirrored: bool = False):
         sh_irreps = natural_irreps(self.l_max)
         hidden = self.channels * natural_irreps(self.hidden_l_max)
-        msg = message_irreps(hidden, sh_irreps, self.channels * sh_irreps)
-        per_edge = hidden.dim + 3 * msg.dim + 2 * msg.num_irreps + 2 * sum(self.radial_features) + sh_irreps.dim
         edges = prepare_edges(
+            self,
             vectors,
             edge_mask,
             senders,
             receivers,
-            per_edge_bytes=per_edge * vectors.dtype.itemsize,
-            edge_chunk=self.edge_chunk,
-            memory_mb=self.edge_memory_mb,
-            cutoff=self.cutoff,
+            features=hidden,
+            sh_irreps=sh_irreps,
+            target=self.channels * sh_irreps,
             mirrored=mirrored,
         )
         one_hot = jax.nn.one_hot(species, self.num_species, dtype=vectors.dtype)

@@ -23,7 +23,7 @@ from nnpes.models.base import (
     Widths,
     site_outputs,
 )
-from nnpes.models.convolution import gate_irreps, message_irreps, prepare_edges, sum_messages
+from nnpes.models.convolution import convolve, gate_irreps, prepare_edges
 from nnpes.models.tensor_products import SpeciesLinear
 
 
@@ -75,12 +75,7 @@ class Interaction(nn.Module):
         target = e3nn.Irreps(self.target_irreps)
         self_connection = SpeciesLinear(target, self.num_species, name="self_connection")(species, x)
         h = e3nn.flax.Linear(x.irreps, name="linear_up")(x)
-        msg_irreps = message_irreps(h.irreps, self.sh_irreps, target)
-        acc = jnp.zeros((x.shape[0], msg_irreps.dim), h.dtype)
-        fields = (self.radial_features, target, self.sh_irreps, self.cutoff, self.num_basis, self.envelope_p)
-        fields += (self.both_directions,)
-        acc = sum_messages(fields, acc, h, edges)
-        agg = e3nn.IrrepsArray(msg_irreps, acc) / jnp.sqrt(self.avg_num_neighbors).astype(acc.dtype)
+        agg = convolve(self, h, edges, target)
         y = e3nn.flax.Linear(gate_irreps(target), force_irreps_out=True, name="linear_down")(agg)
         y = e3nn.gate(y, even_act=jax.nn.silu, odd_act=jnp.tanh, even_gate_act=jax.nn.silu, odd_gate_act=jnp.tanh)
         return y + self_connection
@@ -145,20 +140,16 @@ class NequIP(SiteModel):
         l_sh = min(self.l_max, hidden.lmax) if self.hidden_irreps is None else hidden.lmax
         sh_irreps = e3nn.Irreps.spherical_harmonics(l_sh, p=-1)
 
-        # one chunking of the edges for every layer, sized for the widest one: per-edge
-        # intermediates are the gathered features, messages (product, weighted, cotangent),
-        # their weights and the radial MLP's hidden layers
-        msg = message_irreps(hidden, sh_irreps, hidden)
-        per_edge = hidden.dim + 3 * msg.dim + 2 * msg.num_irreps + 2 * sum(self.radial_features) + sh_irreps.dim
+        # one chunking of the edges for every layer, sized for the widest one
         edges = prepare_edges(
+            self,
             vectors,
             edge_mask,
             senders,
             receivers,
-            per_edge_bytes=per_edge * vectors.dtype.itemsize,
-            edge_chunk=self.edge_chunk,
-            memory_mb=self.edge_memory_mb,
-            cutoff=self.cutoff,
+            features=hidden,
+            sh_irreps=sh_irreps,
+            target=hidden,
             mirrored=mirrored,
         )
 

@@ -26,7 +26,7 @@ def _float64(tree):
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
 
 
-@pytest.mark.parametrize("correlation", [1, 2, 3])
+@pytest.mark.parametrize("correlation", [1, 2, 3, 4])
 def test_symmetric_contraction_equals_the_full_tensor_power(correlation):
     """Folding U^ν onto distinct monomials changes nothing: compare with Σ U^ν_{ab…} A_a A_b …
     over all index tuples, with the same per-species weights."""
