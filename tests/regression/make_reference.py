@@ -44,10 +44,11 @@ def structures():
 
 def family_models():
     """Small instances of every family (random weights, seed 0)."""
-    from nnpes.models import BehlerParrinello, DeepSets, NequIP
+    from nnpes.models import MACE, BehlerParrinello, DeepSets, NequIP
 
     return {
         "nequip": NequIP(channels=4, l_max=2, num_layers=2, num_basis=4, radial_features=(8,), readout_features=4),
+        "mace": MACE(channels=4, l_max=2, num_layers=2, num_basis=4, radial_features=(8,), readout_features=4),
         "behler_parrinello": BehlerParrinello(num_radial=4, zetas=(1, 2), hidden_features=(8,)),
         "deepsets": DeepSets(num_basis=4, embed_features=4, phi_features=(8, 8), rho_features=(8,)),
     }
