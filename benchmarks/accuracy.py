@@ -128,6 +128,7 @@ def plot(rows: list[dict], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     molecules = list(dict.fromkeys(r["molecule"] for r in rows))
     fig, axes = plt.subplots(1, len(molecules), figsize=(5 * len(molecules), 4), squeeze=False)
@@ -144,9 +145,15 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set(
             xscale="log", yscale="log", xlabel="training budget, minutes (2 CPU cores)", ylabel="test force MAE, meV/Å"
         )
+        minutes = sorted({r["budget_s"] / 60 for r in rows} | {2.0, 5.0, 10.0, 20.0})  # the curve's budgets
+        ax.set_xticks(minutes, [f"{m:g}" for m in minutes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(min(minutes) / 1.3, max(minutes) * 1.3)
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.set_title(f"rMD17 {molecule}")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -185,7 +192,7 @@ def main() -> None:
     if args.plot and any(r.get("status") == "ok" for r in rows):
         plot(rows, args.plot)
         print(f"wrote {args.plot}")
-    print(f"wrote {args.json}")
+    print(f"results in {args.json}")
 
 
 if __name__ == "__main__":
