@@ -43,7 +43,8 @@ def gate_irreps(target: e3nn.Irreps) -> e3nn.Irreps:
 
 
 def message_irreps(features: e3nn.Irreps, sh_irreps: e3nn.Irreps, target: e3nn.Irreps) -> e3nn.Irreps:
-    """Irreps of the messages (features ⊗ Y_l, kept where the layer's gate input needs them)."""
+    """Irreps of the messages: features ⊗ Y_l, keeping the irreps of ``target`` (and, for a gated
+    target, of its gates)."""
     return e3nn.tensor_product(
         e3nn.zeros(features), e3nn.zeros(sh_irreps), filter_ir_out=gate_irreps(target).regroup()
     ).irreps
@@ -56,7 +57,7 @@ class EdgeMessages(nn.Module):
     The edge basis (Y_l and the enveloped Bessel functions) is computed here from the edge
     vectors, so that a scan over edge chunks, rematerialised in the backward pass, stores only
     vectors and indices per edge (recomputing the basis costs ~1 % of a layer). A module of its
-    own so that :class:`Interaction` can run it over all edges at once or scanned, with the same
+    own so that :func:`sum_messages` can run it over all edges at once or scanned, with the same
     parameters."""
 
     radial_features: tuple[int, ...]
