@@ -157,7 +157,7 @@ def octagon_environment(vertices: tuple[int, ...]) -> np.ndarray:
 DEGENERATE_PAIR = ((0, 1, 2, 5), (0, 1, 3, 4))
 
 
-def _centre_site_output(model, positions: np.ndarray, species: np.ndarray, init_args=None):
+def _centre_site_output(model, positions: np.ndarray, species: np.ndarray) -> float:
     senders, receivers = _all_pairs(len(species))
     vectors = jnp.asarray(positions)[senders] - jnp.asarray(positions)[receivers]
     mask = jnp.ones(senders.shape, bool)
