@@ -8,13 +8,21 @@
   ``pytestmark = pytest.mark.usefixtures("debug_nans")``. It is not on for the whole session
   because it also raises on arrays that hold NaN on purpose (``jnp.asarray`` of a NaN
   placeholder for a missing label, a test that checks NaN-loss detection).
+* ``tests/distributed/checks.py`` (the multi-device checks, in a child process with 8 forced
+  host devices) is started as soon as collection ends when ``test_distributed.py`` is selected,
+  so its compilations run on the second core while the other tests run;
+  ``distributed_checks`` waits for it (no polling) and returns its JSON.
 * ``shared_data`` is the reference-data directory ``../shared/data`` next to the repository;
   tests that need it are skipped when it is absent.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -30,6 +38,41 @@ def pytest_configure(config):
     jax.config.update("jax_enable_x64", True)
 
 
+DISTRIBUTED_DEVICES = 8
+DISTRIBUTED_TIMEOUT_S = 3600  # a hung child fails the test instead of the whole CI run
+
+
+def pytest_collection_finish(session):
+    if not any(Path(str(item.fspath)).name == "test_distributed.py" for item in session.items):
+        return
+    out = Path(tempfile.mkdtemp(prefix="nnpes-distributed-"))
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DISTRIBUTED_DEVICES}",
+    }
+    env["JAX_PLATFORMS"] = "cpu"
+    log = open(out / "log.txt", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "tests" / "distributed" / "checks.py"), str(out / "checks.json")],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+    )  # fmt: skip
+    session.config.stash[_DISTRIBUTED] = (proc, out, log)
+
+
+_DISTRIBUTED = pytest.StashKey()
+
+
+@pytest.fixture(scope="session")
+def distributed_checks(request) -> dict:
+    """The JSON of tests/distributed/checks.py (started at the end of collection)."""
+    proc, out, log = request.config.stash[_DISTRIBUTED]
+    proc.wait(timeout=DISTRIBUTED_TIMEOUT_S)
+    log.close()
+    if proc.returncode != 0:
+        pytest.fail(f"tests/distributed/checks.py failed ({proc.returncode}):\n{(out / 'log.txt').read_text()[-4000:]}")
+    return json.loads((out / "checks.json").read_text())
+
+
 @pytest.fixture
 def debug_nans():
     """Run the test with ``jax_debug_nans`` on: any NaN a JAX operation produces raises."""
@@ -43,3 +86,11 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "README.md").is_file():
         pytest.skip(f"reference data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def pytest_sessionfinish(session):
+    """Stop the distributed checks' child if no test waited for it (deselected, interrupted)."""
+    started = session.config.stash.get(_DISTRIBUTED, None)
+    if started is not None and started[0].poll() is None:
+        started[0].kill()
+        started[0].wait()

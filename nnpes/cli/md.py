@@ -66,6 +66,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="auto: jax-md when the structure allows it, else ASE"
     )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="spread a periodic structure over N devices by spatial domain decomposition (nve, nvt langevin; "
+        "on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N; across hosts: see README)",
+    )
     p.add_argument("--out", metavar="TRAJ.xyz", help="extxyz trajectory (positions, velocities, energy, forces)")
     p.add_argument(
         "--log",
@@ -235,7 +243,10 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out}: trajectories are written as extended XYZ; name the file .xyz")
     potential = load(args.model)
     atoms = read_structure(args.structure, potential, options)
-    _check_backend(args, potential, atoms, options)
+    if args.devices is None:
+        _check_backend(args, potential, atoms, options)
+    elif args.devices < 1:
+        raise ConfigError(f"--devices must be ≥ 1, got {args.devices}")
 
     progress = Progress(
         TextColumn("md"),
@@ -256,6 +267,7 @@ def main(args: argparse.Namespace) -> int:
                 args.steps,
                 options,
                 backend=args.backend,
+                devices=args.devices,
                 callback=lambda done, total: progress.update(task, completed=done),
                 source=args.structure,
                 on_frames=lambda frames: write(writer.add, frames),

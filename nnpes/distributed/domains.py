@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +44,8 @@ def mesh_for(grid, devices=None) -> jax.sharding.Mesh:
     devices = list(jax.devices() if devices is None else devices)
     if len(devices) < n:
         raise ModelError(
-            f"{n} devices asked for, {len(devices)} available (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count={n})"
+            f"{n} devices asked for, {len(devices)} available "
+            f"(on CPU: XLA_FLAGS=--xla_force_host_platform_device_count={n})"
         )
     return jax.sharding.Mesh(np.asarray(devices[:n], dtype=object).reshape(grid), AXES)
 
@@ -199,7 +199,7 @@ def check_potential(potential: Potential) -> None:
 
 def decompose(
     potential: Potential, atoms, devices: int | None = None, *, grid=None, skin_a: float = 1.0,
-    capacity_multiplier: float = 1.5, dtype=None, device_list=None,
+    capacity_multiplier: float = 1.5, dtype=None, device_list=None, plan: Plan | None = None,
 ) -> tuple[Domains, dict, local.HaloList]:  # fmt: skip
     """Spread a periodic ``ase.Atoms`` over ``devices`` domains and build its halo lists.
 
@@ -210,6 +210,7 @@ def decompose(
         skin_a: Å, pairs and ghosts are kept until an atom has moved half of it.
         capacity_multiplier: headroom of estimated capacities. dtype: of positions (default: the
             potential's). device_list: which devices (default: ``jax.devices()``).
+        plan: start from these capacities instead of the estimate (grown where they overflow).
 
     Returns:
         (domains, atoms, halo): the decomposition, the owned atoms (global arrays, see
@@ -220,7 +221,8 @@ def decompose(
         raise ModelError("spatial decomposition needs a cell periodic in all three directions")
     devices = len(jax.devices()) if devices is None else int(devices)
     cell = np.asarray(atoms.cell[:], np.float64)
-    plan = estimate(cell, len(atoms), devices, potential.cutoff, skin_a, receptive_hops(potential.model), capacity_multiplier, grid)
+    hops = receptive_hops(potential.model)
+    plan = plan or estimate(cell, len(atoms), devices, potential.cutoff, skin_a, hops, capacity_multiplier, grid)
     dtype = potential.dtype if dtype is None else np.dtype(dtype)
     domains = Domains(potential, plan, mesh_for(plan.grid, device_list), cell, np.asarray(atoms.numbers))
     species = species_indices(domains.numbers, potential.atomic_numbers, "decompose")

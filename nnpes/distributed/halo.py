@@ -209,5 +209,7 @@ def rebuild(atoms: dict, cell, plan: Plan) -> tuple[dict, HaloList]:
     stats = jnp.stack([jnp.asarray(counts[name], jnp.int32) for name in STATS])
     stats = lax.pmax(stats.at[-1].set(0), AXES).at[-1].set(lax.psum(counts["migrated"], AXES))
     stats = stats.at[STATS.index("jumped")].set(lax.psum(counts["jumped"], AXES))
-    halo = HaloList(atoms["positions"], indices, wraps, local["species"], local["valid"], senders, receivers, mask, stats)
+    halo = HaloList(
+        atoms["positions"], indices, wraps, local["species"], local["valid"], senders, receivers, mask, stats
+    )
     return atoms, halo

@@ -31,7 +31,7 @@ from nnpes import compilation
 from nnpes.distributed.domains import Domains, build, decompose, log
 from nnpes.distributed.halo import HaloList
 from nnpes.distributed.plan import STATS, grown, overflowed
-from nnpes.errors import ConfigError, SimulationError
+from nnpes.errors import ConfigError, Interrupted, SimulationError
 from nnpes.md.config import MDConfig
 from nnpes.md.guard import first_unstable, temperature_limit_k, unstable_message
 from nnpes.md.results import MDResult, md_result
@@ -59,12 +59,13 @@ class DomainSimulation:
 
 
 def simulation(
-    potential, atoms, options: MDConfig | None = None, devices: int | None = None, *, grid=None
+    potential, atoms, options: MDConfig | None = None, devices: int | None = None, *, grid=None, plan=None
 ) -> DomainSimulation:
     """A :class:`DomainSimulation` of a periodic ``ase.Atoms`` over ``devices`` domains.
 
     Start velocities: the structure's own, else Maxwell–Boltzmann at ``options.temperature_k``
-    (seeded), as on one device. ``options.dtype`` casts the potential.
+    (seeded), as on one device. ``options.dtype`` casts the potential. ``grid``, ``plan``: see
+    :func:`nnpes.distributed.decompose`.
     """
     options = options or MDConfig()
     if (options.ensemble, options.thermostat if options.ensemble == "nvt" else None) not in ENSEMBLES:
@@ -76,10 +77,10 @@ def simulation(
     start.set_momenta(initial_momenta(atoms, options.temperature_k, options.seed))
     domains, state, halo = decompose(
         potential.astype(options.dtype), start, devices, grid=grid, skin_a=options.skin_a,
-        capacity_multiplier=options.capacity_multiplier, dtype=options.dtype,
+        capacity_multiplier=options.capacity_multiplier, dtype=options.dtype, plan=plan,
     )  # fmt: skip
     sim = DomainSimulation(domains, options, state, halo, float(atoms.info.get("time_fs", 0.0)))
-    sim.atoms = {**state, "forces": _functions(sim, 1)[2](domains.potential, state, halo)}
+    sim.atoms = {**state, "forces": _functions(sim, 1)[1](domains.potential, state, halo)["forces"]}
     return sim
 
 
@@ -88,7 +89,7 @@ def _cell(sim: DomainSimulation):
 
 
 def _functions(sim: DomainSimulation, records: int):
-    """Jitted (chunk, observe, forces) for this plan, cached on the decomposition."""
+    """Jitted (chunk, start frame) for this plan, cached on the decomposition."""
     domains, options = sim.domains, sim.options
     key = ("md", records, options)
     if key in domains._jitted:
@@ -159,7 +160,13 @@ def _functions(sim: DomainSimulation, records: int):
         (atoms, halo, peak, counts), frames = lax.scan(record, carry, jnp.arange(records))
         return atoms, halo, peak, counts, frames
 
-    fns = jax.jit(chunk), jax.jit(observe), jax.jit(forces)
+    def start(potential, atoms, halo):
+        """The start frame, forces computed (a new or re-laid state has none yet)."""
+        return observe(potential, {**atoms, "forces": forces(potential, atoms, halo)}, halo)
+
+    starts = ("md_start", options)  # one compilation for every records_per_chunk
+    domains._jitted.setdefault(starts, jax.jit(start))
+    fns = jax.jit(chunk), domains._jitted[starts]
     domains._jitted[key] = fns
     return fns
 
@@ -208,32 +215,41 @@ def run(
     tally = _Tally(compilation.count("distributed_md_chunk"), sim.start_time_fs)
     seed = jax.random.PRNGKey(sim.options.seed)
     frames, done = [], 0
-    first = _host_frames(sim, jax.tree.map(lambda x: x[None], _functions(sim, records)[1](sim.domains.potential, sim.atoms, sim.halo)), [0])
+    first = _host_frames(
+        sim,
+        jax.tree.map(lambda x: x[None], _functions(sim, records)[1](sim.domains.potential, sim.atoms, sim.halo)),
+        [0],
+    )
     tally.limit_k = temperature_limit_k(sim.options, float(temperature_k(first["ekin"], sim.n_atoms)[0]))
     _accept(sim, frames, first, tally, on_frames)
-    while done < steps:
-        n = min(chunk_steps, steps - done)
-        chunk_fn = _functions(sim, records)[0]
-        compiled, t0 = compilation.count("distributed_md_chunk"), time.perf_counter()
-        atoms, halo, peak, counts, out = chunk_fn(sim.domains.potential, sim.atoms, sim.halo, seed, done, n)
-        needed = dict(zip(STATS, (int(v) for v in jax.device_get(peak))))
-        if needed["jumped"]:
-            raise SimulationError(
-                f"{needed['jumped']} atoms crossed more than one domain between two rebuilds at steps {done}–{done + n}: "
-                "the time step is too long for the skin, or the system exploded"
-            )
-        if overflowed(sim.domains.plan, needed):
-            _regrow(sim, needed)
-            continue
-        if compilation.count("distributed_md_chunk") == compiled:
-            tally.timed_steps, tally.timed_s = tally.timed_steps + n, tally.timed_s + time.perf_counter() - t0
-        rebuilds, migrated = (int(v) for v in jax.device_get(counts))
-        tally.rebuilds, tally.migrated = tally.rebuilds + rebuilds, tally.migrated + migrated
-        sim.atoms, sim.halo, done = atoms, halo, done + n
-        step_numbers = done - n + np.minimum(np.arange(1, math.ceil(n / every) + 1) * every, n)
-        _accept(sim, frames, _host_frames(sim, out, step_numbers), tally, on_frames)
-        if callback is not None:
-            callback(done, steps)
+    try:
+        while done < steps:
+            n = min(chunk_steps, steps - done)
+            chunk_fn = _functions(sim, records)[0]
+            compiled, t0 = compilation.count("distributed_md_chunk"), time.perf_counter()
+            atoms, halo, peak, counts, out = chunk_fn(sim.domains.potential, sim.atoms, sim.halo, seed, done, n)
+            needed = dict(zip(STATS, (int(v) for v in jax.device_get(peak))))
+            if needed["jumped"]:
+                raise SimulationError(
+                    f"{needed['jumped']} atoms crossed more than one domain between two rebuilds "
+                    f"at steps {done}–{done + n}: "
+                    "the time step is too long for the skin, or the system exploded"
+                )
+            if overflowed(sim.domains.plan, needed):
+                _regrow(sim, needed)
+                continue
+            if compilation.count("distributed_md_chunk") == compiled:
+                tally.timed_steps, tally.timed_s = tally.timed_steps + n, tally.timed_s + time.perf_counter() - t0
+            rebuilds, migrated = (int(v) for v in jax.device_get(counts))
+            tally.rebuilds, tally.migrated = tally.rebuilds + rebuilds, tally.migrated + migrated
+            sim.atoms, sim.halo, done = atoms, halo, done + n
+            step_numbers = done - n + np.minimum(np.arange(1, math.ceil(n / every) + 1) * every, n)
+            _accept(sim, frames, _host_frames(sim, out, step_numbers), tally, on_frames)
+            if callback is not None:
+                callback(done, steps)
+    except KeyboardInterrupt:
+        result = _result(sim, frames, done, tally, stopped="interrupted")
+        raise Interrupted(f"MD interrupted after {done} of {steps} steps", result) from None
     sim.start_time_fs += steps * sim.options.dt_fs
     return _result(sim, frames, steps, tally)
 

@@ -52,9 +52,12 @@ def run_md(
     callback: Callable[[int, int], None] | None = None,
     source: str | None = None,
     on_frames: Callable[[MDResult], None] | None = None,
+    devices: int | None = None,
 ) -> MDResult:
     """Simulate ``atoms`` for ``steps`` steps with jax-md, or with ASE when the cell is too small
-    for jax-md's minimum image (backend "auto"); "jax-md" or "ase" force one.
+    for jax-md's minimum image (backend "auto"); "jax-md" or "ase" force one. ``devices``: spread
+    a periodic structure over that many devices instead (:mod:`nnpes.distributed`, NVE and
+    Langevin NVT; any cell size; ``backend`` is then ignored).
 
     The structure is checked first, before anything compiles (:func:`nnpes.md.structure.check_structure`:
     the frame checks of ``nnpes evaluate``, elements the model knows, the cell the ensemble needs);
@@ -73,6 +76,11 @@ def run_md(
         raise ConfigError(f"backend must be auto, jax-md or ase, got {backend!r}")
     check_steps(steps)
     check_structure(atoms, potential, options, source=source)
+    if devices is not None:
+        from nnpes.distributed import md as distributed
+
+        sim = distributed.simulation(potential, atoms, options, devices)
+        return distributed.run(sim, steps, callback=callback, on_frames=on_frames)
     if backend == "auto":
         backend = choose_backend(potential, atoms, options.skin_a)
     if backend == "ase":

@@ -50,6 +50,22 @@ def crystal(potential: nnpes.Potential, seed: int = 1) -> ase.Atoms:
     return _with_roles(atoms, potential)
 
 
+def water_box(n: int = 4, spacing: float = 3.1, seed: int = 2) -> ase.Atoms:
+    """n³ randomly oriented water molecules on a cubic grid of ``spacing`` Å (3.1 Å: ~1 g/cm³),
+    rattled by 0.05 Å: a periodic liquid-like box of 3n³ atoms."""
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(seed)
+    atoms = ase.Atoms(cell=np.eye(3) * n * spacing, pbc=True)
+    for ijk in np.ndindex(n, n, n):
+        molecule = ase.build.molecule("H2O")
+        rotation = Rotation.random(random_state=int(rng.integers(1 << 31))).as_matrix()
+        molecule.positions = molecule.positions @ rotation.T + (np.asarray(ijk) + 0.5) * spacing
+        atoms += molecule
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
 def trimer(potential: nnpes.Potential, distance: float) -> ase.Atoms:
     """C–O bonded along x; an H on the far side of O at `distance` from O (farther from C)."""
     direction = np.array([np.cos(0.3), np.sin(0.3), 0.0])
