@@ -92,6 +92,10 @@ def scaling_worker(n_side: int, devices: int, repeats: int) -> dict:
     valid = np.asarray(jax.device_get(halo.valid)).reshape(plan.devices, -1)
     ghosts = valid[:, plan.owned :].sum(axis=1)
     sent = [(a, hop) for a, hop in plan.sends if plan.grid[a] > 1]  # messages to other devices
+    starts = plan.owned + np.cumsum([0] + [plan.ghosts[a] for a, _ in plan.sends])
+    remote = sum(  # ghosts that came from other devices (not periodic images of this one's atoms)
+        valid[:, starts[m] : starts[m + 1]].sum(axis=1) for m, (a, _) in enumerate(plan.sends) if plan.grid[a] > 1
+    )
     wire = sum(plan.ghosts[a] for a, _ in sent) * 3 * 4 * 2  # float32 positions out, gradients back
     per_layer = per_layer_ghosts(atoms, plan)
     return {
@@ -100,7 +104,7 @@ def scaling_worker(n_side: int, devices: int, repeats: int) -> dict:
         "ghosts_per_device_max": int(ghosts.max()),
         "owned_per_device_max": int(valid[:, : plan.owned].sum(axis=1).max()),
         "ghost_fraction_per_layer_halo": per_layer, "messages_to_other_devices": 2 * len(sent),
-        "payload_bytes_per_device": int(ghosts.max()) * 24 if sent else 0, "wire_bytes_per_device": wire,
+        "payload_bytes_per_device": int(np.max(remote)) * 24 if sent else 0, "wire_bytes_per_device": wire,
         "step_ms": total_ms, "exchange_ms": exchange_ms, "compute_ms": total_ms - exchange_ms,
         "local_atoms_max": int(valid.sum(axis=1).max()),
     }  # fmt: skip

@@ -128,8 +128,8 @@ class Domains:
 
     def collect(self, atoms: dict, values) -> np.ndarray:
         """A per-slot global array (Dx, Dy, Dz, owned, ...) as (N, ...) host values in input order."""
-        host = _host(values)
-        ids, valid = _host(atoms["ids"]), _host(atoms["valid"])
+        host = to_host(values)
+        ids, valid = to_host(atoms["ids"]), to_host(atoms["valid"])
         out = np.zeros((self.n_atoms, *host.shape[4:]), host.dtype)
         out[ids[valid]] = host[valid]
         return out
@@ -178,13 +178,15 @@ class Domains:
         return self._jitted["efs"]
 
 
-def _host(x) -> np.ndarray:
-    """A global array on the host (gathered from every process when there are several)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+def to_host(x) -> np.ndarray:
+    """A global array on the host: gathered from every process when other processes hold parts of it."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
 
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def check_potential(potential: Potential) -> None:
@@ -267,7 +269,7 @@ def _domain_of(domains: Domains, positions) -> np.ndarray:
 
 def stats_of(halo: local.HaloList) -> dict[str, int]:
     """A rebuild's counts (:data:`nnpes.distributed.plan.STATS`) on the host."""
-    values = _host(halo.stats)[0, 0, 0]
+    values = to_host(halo.stats)[0, 0, 0]
     return {name: int(v) for name, v in zip(STATS, values)}
 
 
@@ -278,8 +280,8 @@ def energy_forces_stress(potential: Potential, atoms, devices: int | None = None
     cell = jnp.asarray(domains.cell, state["positions"].dtype)
     out = domains.energy_forces_stress_fn()(domains.potential, state, halo, cell)
     return {
-        "energy": float(_host(out["energy"])),
+        "energy": float(to_host(out["energy"])),
         "forces": domains.collect(state, out["forces"]),
-        "stress": _host(out["stress"]),
+        "stress": to_host(out["stress"]),
         "plan": domains.plan,
     }

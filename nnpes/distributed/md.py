@@ -28,7 +28,7 @@ import numpy as np
 from jax import lax
 
 from nnpes import compilation
-from nnpes.distributed.domains import Domains, build, decompose, log
+from nnpes.distributed.domains import Domains, build, decompose, log, to_host
 from nnpes.distributed.halo import HaloList
 from nnpes.distributed.plan import STATS, grown, overflowed
 from nnpes.errors import ConfigError, Interrupted, SimulationError
@@ -59,13 +59,20 @@ class DomainSimulation:
 
 
 def simulation(
-    potential, atoms, options: MDConfig | None = None, devices: int | None = None, *, grid=None, plan=None
+    potential,
+    atoms,
+    options: MDConfig | None = None,
+    devices: int | None = None,
+    *,
+    grid=None,
+    plan=None,
+    device_list=None,
 ) -> DomainSimulation:
     """A :class:`DomainSimulation` of a periodic ``ase.Atoms`` over ``devices`` domains.
 
     Start velocities: the structure's own, else Maxwell–Boltzmann at ``options.temperature_k``
-    (seeded), as on one device. ``options.dtype`` casts the potential. ``grid``, ``plan``: see
-    :func:`nnpes.distributed.decompose`.
+    (seeded), as on one device. ``options.dtype`` casts the potential. ``grid``, ``plan``,
+    ``device_list``: see :func:`nnpes.distributed.decompose`.
     """
     options = options or MDConfig()
     if (options.ensemble, options.thermostat if options.ensemble == "nvt" else None) not in ENSEMBLES:
@@ -77,7 +84,7 @@ def simulation(
     start.set_momenta(initial_momenta(atoms, options.temperature_k, options.seed))
     domains, state, halo = decompose(
         potential.astype(options.dtype), start, devices, grid=grid, skin_a=options.skin_a,
-        capacity_multiplier=options.capacity_multiplier, dtype=options.dtype, plan=plan,
+        capacity_multiplier=options.capacity_multiplier, dtype=options.dtype, plan=plan, device_list=device_list,
     )  # fmt: skip
     sim = DomainSimulation(domains, options, state, halo, float(atoms.info.get("time_fs", 0.0)))
     sim.atoms = {**state, "forces": _functions(sim, 1)[1](domains.potential, state, halo)["forces"]}
@@ -228,7 +235,7 @@ def run(
             chunk_fn = _functions(sim, records)[0]
             compiled, t0 = compilation.count("distributed_md_chunk"), time.perf_counter()
             atoms, halo, peak, counts, out = chunk_fn(sim.domains.potential, sim.atoms, sim.halo, seed, done, n)
-            needed = dict(zip(STATS, (int(v) for v in jax.device_get(peak))))
+            needed = dict(zip(STATS, (int(v) for v in to_host(peak))))
             if needed["jumped"]:
                 raise SimulationError(
                     f"{needed['jumped']} atoms crossed more than one domain between two rebuilds "
@@ -240,7 +247,7 @@ def run(
                 continue
             if compilation.count("distributed_md_chunk") == compiled:
                 tally.timed_steps, tally.timed_s = tally.timed_steps + n, tally.timed_s + time.perf_counter() - t0
-            rebuilds, migrated = (int(v) for v in jax.device_get(counts))
+            rebuilds, migrated = (int(v) for v in to_host(counts))
             tally.rebuilds, tally.migrated = tally.rebuilds + rebuilds, tally.migrated + migrated
             sim.atoms, sim.halo, done = atoms, halo, done + n
             step_numbers = done - n + np.minimum(np.arange(1, math.ceil(n / every) + 1) * every, n)
@@ -267,7 +274,7 @@ def _regrow(sim: DomainSimulation, needed: dict) -> None:
 def _host_frames(sim: DomainSimulation, out: dict, step_numbers) -> dict:
     """A chunk's first len(step_numbers) recorded frames on the host, atoms in input order."""
     k = len(step_numbers)
-    host = {key: np.asarray(jax.device_get(v))[:k] for key, v in out.items()}
+    host = {key: to_host(v)[:k] for key, v in out.items()}
     frames = {key: host[key] for key in ("epot", "ekin", "pressure", "volume")}
     for key in ("positions", "velocities", "forces"):
         values = np.zeros((k, sim.n_atoms, 3))
