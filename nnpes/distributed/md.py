@@ -34,6 +34,7 @@ from nnpes.distributed.plan import STATS, grown, overflowed
 from nnpes.errors import ConfigError, Interrupted, SimulationError
 from nnpes.md.config import MDConfig
 from nnpes.md.guard import first_unstable, temperature_limit_k, unstable_message
+from nnpes.md.loop import Tally
 from nnpes.md.results import MDResult, md_result
 from nnpes.md.units import BAR, FS, KB
 from nnpes.md.velocities import initial_momenta, temperature_k
@@ -102,21 +103,13 @@ def _functions(sim: DomainSimulation, records: int):
     if key in domains._jitted:
         return domains._jitted[key]
     dt, kT, skin = options.dt_fs * FS, options.temperature_k * KB, options.skin_a
-    friction = 1.0 / (options.tau_t_fs * FS)
+    damping = math.exp(-dt / (options.tau_t_fs * FS))  # Langevin friction 1/tau over one step
     cell = jnp.asarray(domains.cell, options.dtype)
     rebuild = domains.rebuild_fn()
 
     def forces(potential, atoms, halo):
         grad = jax.grad(domains.energy, argnums=1)(potential, atoms["positions"], atoms["valid"], halo, cell)
         return -grad
-
-    def langevin(atoms, key):
-        """O of BAOAB: exact Ornstein–Uhlenbeck kick, noise from (key, atom index)."""
-        ids, m = atoms["ids"], atoms["masses"][..., None]
-        noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (3,), m.dtype))(ids.reshape(-1))
-        c1 = math.exp(-friction * dt)
-        p = c1 * atoms["momenta"] + math.sqrt(1.0 - c1**2) * jnp.sqrt(m * kT) * noise.reshape(atoms["momenta"].shape)
-        return jnp.where(atoms["valid"][..., None], p, 0.0)
 
     def step(potential, seed, i, carry):
         atoms, halo, peak, counts = carry
@@ -132,7 +125,7 @@ def _functions(sim: DomainSimulation, records: int):
         p = atoms["momenta"] + 0.5 * dt * atoms["forces"]
         if options.ensemble == "nvt":
             r = atoms["positions"] + 0.5 * dt * p / m
-            p = _without_drift(langevin({**atoms, "momenta": p}, jax.random.fold_in(seed, i)), atoms)
+            p = _without_drift(_langevin({**atoms, "momenta": p}, jax.random.fold_in(seed, i), damping, kT), atoms)
             r = r + 0.5 * dt * p / m
         else:
             r = atoms["positions"] + dt * p / m
@@ -178,6 +171,16 @@ def _functions(sim: DomainSimulation, records: int):
     return fns
 
 
+def _langevin(atoms, key, damping: float, kT: float):
+    """The O of BAOAB: the exact Ornstein–Uhlenbeck kick p → c p + √(1 − c²) √(m kT) ξ (c the
+    one-step damping), the noise ξ drawn from (key, atom index): independent of the layout."""
+    m = atoms["masses"][..., None]
+    draw = lambda i: jax.random.normal(jax.random.fold_in(key, i), (3,), m.dtype)  # noqa: E731
+    noise = jax.vmap(draw)(atoms["ids"].reshape(-1)).reshape(atoms["momenta"].shape)
+    p = damping * atoms["momenta"] + math.sqrt(1.0 - damping**2) * jnp.sqrt(m * kT) * noise
+    return jnp.where(atoms["valid"][..., None], p, 0.0)
+
+
 def _without_drift(p, atoms):
     """Momenta without their centre-of-mass part (empty slots stay at zero)."""
     m, valid = atoms["masses"][..., None], atoms["valid"][..., None]
@@ -187,15 +190,11 @@ def _without_drift(p, atoms):
 
 
 @dataclasses.dataclass
-class _Tally:
-    compiled_before: int
-    start_time_fs: float
-    limit_k: float = math.inf
+class _Tally(Tally):
+    """The single-device loop's tally, plus rebuilds and migrations."""
+
     rebuilds: int = 0
     migrated: int = 0
-    timed_steps: int = 0
-    timed_s: float = 0.0
-    t_start: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 def run(

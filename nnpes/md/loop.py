@@ -217,7 +217,7 @@ def run(
     records = max(1, math.ceil(min(requested, max(steps, 1)) / every))
     chunk_steps = records * every  # chunks start on recorded steps
     chunk_fn, observe_fn = _functions(sim, records)
-    tally = _Tally(compilation.count(*TRACED), sim.start_time_fs if start_time_fs is None else float(start_time_fs))
+    tally = Tally(compilation.count(*TRACED), sim.start_time_fs if start_time_fs is None else float(start_time_fs))
     if neighbor is None:  # before the first list of this size is allocated
         check_memory(sim, recorded_frames=math.ceil(steps / every) + 1, records_per_chunk=records)
     state, nbrs, tally.reallocations = _start(sim, state, neighbor)
@@ -251,7 +251,7 @@ def run(
     return _result(sim, frames, steps, tally, state, nbrs)
 
 
-def _start_frame(sim, observed: dict, tally: _Tally) -> dict:
+def _start_frame(sim, observed: dict, tally: Tally) -> dict:
     """The start frame (step 0) on the host; its temperature sets the run's automatic limit."""
     first = _host(jax.tree.map(lambda x: x[None], observed), np.zeros(1, int))
     tally.limit_k = temperature_limit_k(sim.options, float(temperature_k(first["ekin"], sim.n_atoms)[0]))
@@ -264,7 +264,7 @@ def _host(out: dict, steps: np.ndarray) -> dict:
 
 
 @dataclasses.dataclass
-class _Tally:
+class Tally:
     """What a run counts as it goes: for the summary of :func:`run`'s result."""
 
     compiled_before: int
@@ -288,7 +288,7 @@ def _result(sim, frames, done, tally, state=None, nbrs=None, stopped=None) -> MD
     )  # fmt: skip
 
 
-def _accept(sim, frames: list, chunk: dict, done: int, tally: _Tally, on_frames) -> None:
+def _accept(sim, frames: list, chunk: dict, done: int, tally: Tally, on_frames) -> None:
     """Add a chunk's frames to the run's, after checking them (:func:`_stop_if_unstable`), and
     hand them to ``on_frames`` as an :class:`MDResult` of these frames alone."""
     _stop_if_unstable(sim, frames, chunk, tally)
@@ -297,7 +297,7 @@ def _accept(sim, frames: list, chunk: dict, done: int, tally: _Tally, on_frames)
         on_frames(_result(sim, [chunk], done, tally))
 
 
-def _stop_if_unstable(sim, frames: list, chunk: dict, tally: _Tally, keep_chunk: bool = True) -> None:
+def _stop_if_unstable(sim, frames: list, chunk: dict, tally: Tally, keep_chunk: bool = True) -> None:
     """Raise :class:`SimulationError` when ``chunk`` (recorded frames with their ``step``
     numbers) holds an unstable frame; its result holds ``frames`` and, with ``keep_chunk``, the
     chunk's frames before that one."""

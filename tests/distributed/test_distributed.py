@@ -47,7 +47,8 @@ def test_nve_trajectory_equals_one_device(distributed_checks):
 def test_migration_and_overflow_recovered(distributed_checks):
     """Atoms drift across domain boundaries on 2 devices whose capacities start too small: every
     capacity that overflowed is grown, the chunk recomputed, and the trajectory equals a run on
-    one device with room to spare."""
+    one device with room to spare. The run is Langevin NVT: its noise is drawn per atom, so the
+    trajectory does not depend on the device count either."""
     got = distributed_checks["migration"]
     assert got["migrated"] > 0 and got["rebuilds"] > 1
     assert got["reallocations"] >= 1  # an overflow during the run, not only at the start
@@ -55,12 +56,7 @@ def test_migration_and_overflow_recovered(distributed_checks):
     assert final["migrate"] > start["migrate"] and final["pairs"] > start["pairs"]
     assert all(f > s for f, s in zip(final["ghosts"], start["ghosts"]))
     assert got["every_atom_present"]
-    assert got["max_position_difference_a"] < 1e-9, got
-
-
-def test_langevin_does_not_depend_on_the_device_count(distributed_checks):
-    got = distributed_checks["nvt"]
-    assert got["moved_a"] > 0.1  # the thermostat and the forces did move the atoms
+    assert got["moved_a"] > 1.0  # the drift and the thermostat did move the atoms
     assert got["max_position_difference_a"] < 1e-9, got
 
 
