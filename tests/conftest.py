@@ -10,7 +10,8 @@
   placeholder for a missing label, a test that checks NaN-loss detection).
 * ``tests/distributed/checks.py`` (the multi-device checks, in a child process with 8 forced
   host devices) is started as soon as collection ends when ``test_distributed.py`` is selected,
-  so its compilations run on the second core while the other tests run;
+  and its tests are moved to the end of the session, so its compilations run on the second core
+  while the other tests run;
   ``distributed_checks`` waits for it (no polling) and returns its JSON.
 * ``shared_data`` is the reference-data directory ``../shared/data`` next to the repository;
   tests that need it are skipped when it is absent.
@@ -40,6 +41,11 @@ def pytest_configure(config):
 
 DISTRIBUTED_DEVICES = 8
 DISTRIBUTED_TIMEOUT_S = 3600  # a hung child fails the test instead of the whole CI run
+
+
+def pytest_collection_modifyitems(config, items):
+    """The multi-device tests last: their child process then runs alongside all the others."""
+    items.sort(key=lambda item: Path(str(item.fspath)).name == "test_distributed.py")
 
 
 def pytest_collection_finish(session):
