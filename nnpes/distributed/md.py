@@ -235,15 +235,15 @@ def run(
             compiled, t0 = compilation.count("distributed_md_chunk"), time.perf_counter()
             atoms, halo, peak, counts, out = chunk_fn(sim.domains.potential, sim.atoms, sim.halo, seed, done, n)
             needed = dict(zip(STATS, (int(v) for v in to_host(peak))))
+            if overflowed(sim.domains.plan, needed):  # first: a truncated list may also have made atoms jump
+                _regrow(sim, needed)
+                continue
             if needed["jumped"]:
                 raise SimulationError(
                     f"{needed['jumped']} atoms crossed more than one domain between two rebuilds "
-                    f"at steps {done}–{done + n}: "
-                    "the time step is too long for the skin, or the system exploded"
+                    f"at steps {done}–{done + n}: the time step is too long for the skin, or the system exploded",
+                    _result(sim, frames, done, tally, stopped="unstable"),
                 )
-            if overflowed(sim.domains.plan, needed):
-                _regrow(sim, needed)
-                continue
             if compilation.count("distributed_md_chunk") == compiled:
                 tally.timed_steps, tally.timed_s = tally.timed_steps + n, tally.timed_s + time.perf_counter() - t0
             rebuilds, migrated = (int(v) for v in to_host(counts))
