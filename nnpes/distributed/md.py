@@ -92,10 +92,6 @@ def simulation(
     return sim
 
 
-def _cell(sim: DomainSimulation):
-    return jnp.asarray(sim.domains.cell, sim.atoms["positions"].dtype)
-
-
 def _functions(sim: DomainSimulation, records: int):
     """Jitted (chunk, start frame) for this plan, cached on the decomposition."""
     domains, options = sim.domains, sim.options
