@@ -19,7 +19,8 @@ from nnpes.potential import Potential
 def predict_graphs(
     potential: Potential, graphs: Sequence[FrameGraph], batch_size: int = 16, compute_stress: bool | None = None
 ) -> list[dict]:
-    """Energy (eV, float64 total), forces (eV/Å) and stress (eV/Å³, periodic frames) per frame.
+    """Energy (eV, float64 total), forces (eV/Å) and stress (eV/Å³, periodic frames) per frame;
+    for an ensemble also their calibrated uncertainties energy_std (eV) and forces_std (N, 3) eV/Å.
 
     All batches of a call share one padded shape, so a set compiles once.
     """
@@ -34,7 +35,7 @@ def predict_graphs(
     out = []
     for chunk in chunks:
         batch = batch_graphs(chunk, n_node, n_edge, n_graph, dtype=dtype)
-        pred = jax.device_get(evaluate(potential, batch, compute_stress=compute_stress))
+        pred, std = _evaluate(potential, batch, compute_stress)
         node0 = 0
         for i, g in enumerate(chunk):
             numbers = g.numbers if g.numbers is not None else np.zeros(0, int)
@@ -42,6 +43,9 @@ def predict_graphs(
                 "energy": potential.total_energy(pred["interaction_energy"][i], numbers),
                 "forces": np.asarray(pred["forces"][node0 : node0 + g.n_node], np.float64),
             }
+            if std is not None:
+                item["energy_std"] = float(std[0][i])
+                item["forces_std"] = np.asarray(std[1][node0 : node0 + g.n_node], np.float64)
             if compute_stress:
                 item["stress"] = np.asarray(pred["stress"][i], np.float64)
             if "charges" in pred:
@@ -49,6 +53,20 @@ def predict_graphs(
             out.append(item)
             node0 += g.n_node
     return out
+
+
+def _evaluate(potential: Potential, batch, compute_stress: bool) -> tuple[dict, tuple | None]:
+    """Predictions of one padded batch (host arrays) and, for an ensemble, the calibrated
+    (energy σ (G,) eV, forces σ (N, 3) eV/Å) of its members' spread; the members' mean is the
+    ensemble's prediction, equal to what :func:`nnpes.physics.evaluate` gives."""
+    if not potential.members:
+        return jax.device_get(evaluate(potential, batch, compute_stress=compute_stress)), None
+    from nnpes.uncertainty import evaluate_members, spread
+
+    members = jax.device_get(evaluate_members(potential, batch, compute_stress=compute_stress))
+    mean = {k: np.mean(v, axis=0) for k, v in members.items()}
+    # the spread of interaction energies: the members share E0, and float32 totals lose digits
+    return mean, spread(np.asarray(members["interaction_energy"], np.float64), members["forces"], potential.calibration)
 
 
 def error_metrics(frames: Sequence[Frame], predictions: Sequence[dict]) -> dict:

@@ -66,6 +66,8 @@ def potential_metadata(potential) -> dict:
         "scale_ev": [float(x) for x in np.asarray(potential.scale, np.float64)],
         "terms": terms_to_json(potential.terms),
         "label_keys": dict(potential.label_keys),
+        "ensemble_members": potential.members,
+        "uncertainty_calibration": list(potential.calibration),
     }
 
 
@@ -197,13 +199,15 @@ def _restore_params(params_path: str):
     return params
 
 
-def check_weights_fit(model, params, cutoff: float, params_path: str) -> None:
+def check_weights_fit(model, params, cutoff: float, params_path: str, members: int = 0) -> None:
     """Raise one ModelError line naming the first parameter whose presence or shape differs
-    from what the hyper-parameters build (shapes only: nothing is computed)."""
+    from what the hyper-parameters build (shapes only: nothing is computed); an ensemble's
+    leaves carry a leading axis of ``members``."""
     from nnpes.potential import example_inputs
 
     expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), *example_inputs(cutoff))
-    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    lead = (members,) if members else ()
+    want = {jax.tree_util.keystr(k): lead + v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
     have = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
     for key in sorted(set(want) | set(have)):
         if key not in have:
@@ -236,7 +240,8 @@ def load(directory: str | os.PathLike):
     model = fill_model(
         model, meta["cutoff_a"], len(meta["atomic_numbers"]), meta["avg_num_neighbors"], num_outputs_for(terms)
     )
-    check_weights_fit(model, params, meta["cutoff_a"], params_path)
+    members = int(meta.get("ensemble_members", 0))
+    check_weights_fit(model, params, meta["cutoff_a"], params_path, members)
     return Potential.create(
         model,
         meta["atomic_numbers"],
@@ -248,4 +253,6 @@ def load(directory: str | os.PathLike):
         params=jax.tree.map(jnp.asarray, params),
         terms=terms,
         label_keys=meta.get("label_keys", {}),
+        members=members,
+        calibration=meta.get("uncertainty_calibration", (1.0, 1.0)),
     )

@@ -43,6 +43,12 @@ class Potential(struct.PyTreeNode):
         label_keys: where the training data kept its labels, as ((label, key), ...) pairs,
             e.g. (("energy", "REF_energy"), ("forces", "REF_forces")); () when unknown.
             ``nnpes evaluate`` reads files with the same keys unless told otherwise.
+        members: 0 for one network; M ≥ 2 for an ensemble of M networks whose parameters are
+            stacked on a leading axis of every leaf. The energy is the members' mean (itself a
+            conservative potential, so MD and forces need nothing else); their spread is the
+            uncertainty (:mod:`nnpes.uncertainty`).
+        calibration: (energy, forces) factors that turn the members' standard deviations into
+            calibrated ones (fitted on validation data, :func:`nnpes.uncertainty.calibrate`).
     """
 
     model: nn.Module = struct.field(pytree_node=False)
@@ -54,6 +60,8 @@ class Potential(struct.PyTreeNode):
     e0_method: str = struct.field(pytree_node=False, default="zero")
     terms: tuple[Term, ...] = ()
     label_keys: tuple[tuple[str, str], ...] = struct.field(pytree_node=False, default=())
+    members: int = struct.field(pytree_node=False, default=0)
+    calibration: tuple[float, float] = struct.field(pytree_node=False, default=(1.0, 1.0))
 
     @classmethod
     def create(
@@ -70,6 +78,8 @@ class Potential(struct.PyTreeNode):
         params=None,
         terms: tuple[Term, ...] = (),
         label_keys=(),
+        members: int = 0,
+        calibration=(1.0, 1.0),
     ) -> Potential:
         """A potential with random weights (or the given ``params``).
 
@@ -87,6 +97,8 @@ class Potential(struct.PyTreeNode):
                 initialising a large equivariant model eagerly takes seconds).
             terms: further physical terms of the energy.
             label_keys: {label: key} (or pairs) of the data it is trained on, e.g. {"energy": "REF_energy"}.
+            members: 0 for one network, M ≥ 2 for an ensemble (member m initialised from seed + m).
+            calibration: (energy, forces) factors of the ensemble's standard deviations.
         """
         numbers = tuple(sorted({int(z) for z in np.asarray(atomic_numbers).reshape(-1)}))
         if not numbers or numbers[0] < 1 or numbers[-1] > 118:
@@ -98,8 +110,15 @@ class Potential(struct.PyTreeNode):
         except ValueError as e:
             raise ModelError(str(e)) from None
         model = fill_model(model, cutoff, len(numbers), avg_num_neighbors, num_outputs_for(terms))
+        if members == 1 or members < 0:
+            raise ModelError(f"members must be 0 (one network) or ≥ 2 (an ensemble), got {members}")
         if params is None:
-            params = jax.jit(model.init)(jax.random.PRNGKey(seed), *example_inputs(cutoff))  # eager init is slower
+            init = jax.jit(model.init)  # eager init is slower
+            if members:
+                keys = jnp.stack([jax.random.PRNGKey(seed + m) for m in range(members)])
+                params = jax.vmap(init, in_axes=(0,) + (None,) * 5)(keys, *example_inputs(cutoff))
+            else:
+                params = init(jax.random.PRNGKey(seed), *example_inputs(cutoff))
         e0_arr, method = _reference_energies(e0, numbers)
         scale_arr = np.broadcast_to(np.asarray(scale, np.float64), (len(numbers),)).copy()
         return cls(
@@ -112,6 +131,8 @@ class Potential(struct.PyTreeNode):
             e0_method=e0_method or method,
             terms=tuple(terms),
             label_keys=_label_pairs(label_keys),
+            members=int(members),
+            calibration=(float(calibration[0]), float(calibration[1])),
         )
 
     def label_key(self, label: str) -> str:
@@ -135,10 +156,10 @@ class Potential(struct.PyTreeNode):
         They are kept apart so that losses compare interaction energies (float32 never
         subtracts two large totals) and totals add Σ E0 in float64 on the host.
         """
-        args = (params, inputs.vectors, inputs.species, inputs.senders, inputs.receivers, inputs.edge_mask)
-        # a family that reads the mirrored layout (nnpes.data.neighbors) is told so; others see a full list
-        uses_mirror = inputs.mirrored and getattr(self.model, "reads_mirrored_edges", False)
-        out = self.model.apply(*args, mirrored=True) if uses_mirror else self.model.apply(*args)
+        if self.members:  # an ensemble: the members' mean output (stacked parameters, one vmap)
+            out = jnp.mean(jax.vmap(lambda p: self._network(p, inputs))(params), axis=0)
+        else:
+            out = self._network(params, inputs)
         if out.ndim == 2:  # charge head: (site output, raw charge)
             out, raw = out[:, 0], out[:, 1]
             charges = conserved_charges(raw, inputs.node_graph, inputs.total_charge, inputs.node_mask)
@@ -147,6 +168,21 @@ class Potential(struct.PyTreeNode):
         for term in self.terms:
             interaction = interaction + term.site_energies(inputs).astype(out.dtype)
         return interaction, self.e0.astype(out.dtype)[inputs.species], inputs.charges
+
+    def _network(self, params, inputs: TermInputs):
+        """The network's raw outputs, (N,) or (N, 2) with a charge head."""
+        args = (params, inputs.vectors, inputs.species, inputs.senders, inputs.receivers, inputs.edge_mask)
+        # a family that reads the mirrored layout (nnpes.data.neighbors) is told so; others see a full list
+        uses_mirror = inputs.mirrored and getattr(self.model, "reads_mirrored_edges", False)
+        return self.model.apply(*args, mirrored=True) if uses_mirror else self.model.apply(*args)
+
+    def member_potentials(self) -> Potential:
+        """The ensemble as one member-shaped potential whose ``params`` keep the leading member
+        axis: ``jax.vmap(lambda p: f(pot.replace(params=p)))(pot.params)`` evaluates every member
+        (:mod:`nnpes.uncertainty`). Raises ModelError for a single network."""
+        if not self.members:
+            raise ModelError("this potential is one network, not an ensemble (train with model.ensemble: M ≥ 2)")
+        return self.replace(members=0)
 
     def for_cells(self, cells) -> Potential:
         """The potential with its terms' static grids fixed for these structures' cells

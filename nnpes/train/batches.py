@@ -92,13 +92,30 @@ def shard_batch(
     """Split a batch over devices: one padded graph per shard, all shards one shape (the
     ladder's cheapest that fits the largest shard, or its natural bucket without a ladder),
     stacked on a leading axis (numpy arrays)."""
-    parts = [[graphs[i] for i in c] for c in _shards(np.arange(len(graphs)), n_shards)]
-    real_nodes = max(sum(g.n_node for g in p) for p in parts)
-    real_edges = max(sum(g.n_edge for g in p) for p in parts)
+    return member_batches([graphs], n_shards, dtype, ladder, stack=False)
+
+
+def member_batches(
+    batches: Sequence[Sequence[FrameGraph]],
+    n_shards: int,
+    dtype,
+    ladder: BucketLadder | None = None,
+    stack: bool = True,
+) -> jraph.GraphsTuple:
+    """:func:`shard_batch` of several batches (an ensemble's members, each its own frames) in
+    one padded shape, stacked on a leading axis: arrays (len(batches), n_shards, ...). With
+    ``stack`` False, the single batch's (n_shards, ...) arrays."""
+    parts = [[[graphs[i] for i in c] for c in _shards(np.arange(len(graphs)), n_shards)] for graphs in batches]
+    flat = [p for member in parts for p in member]
+    real_nodes = max(sum(g.n_node for g in p) for p in flat)
+    real_edges = max(sum(g.n_edge for g in p) for p in flat)
     if ladder is None:
         n_node, n_edge = bucket(real_nodes + 1), bucket(real_edges)
     else:
         n_node, n_edge = ladder.shape_for(real_nodes, real_edges)
-    n_graph = max(len(p) for p in parts) + 1
-    padded = [batch_graphs(p, n_node, n_edge, n_graph, dtype=dtype) for p in parts]
-    return jax.tree.map(lambda *x: np.stack(x), *padded)
+    n_graph = max(len(p) for p in flat) + 1
+    stacked = []
+    for member in parts:
+        padded = [batch_graphs(p, n_node, n_edge, n_graph, dtype=dtype) for p in member]
+        stacked.append(jax.tree.map(lambda *x: np.stack(x), *padded))
+    return jax.tree.map(lambda *x: np.stack(x), *stacked) if stack else stacked[0]

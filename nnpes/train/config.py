@@ -89,7 +89,11 @@ def _model_schema(family: str, cls) -> type[BaseModel]:
     """``model:`` section of one family: its name, the cutoff and its hyper-parameters."""
     from nnpes.models.base import hyperparameter_schema
 
-    extra = {"family": (Literal[family], ...), "cutoff": (float, Field(5.0, gt=0.0, description="Å"))}
+    extra = {
+        "family": (Literal[family], ...),
+        "cutoff": (float, Field(5.0, gt=0.0, description="Å")),
+        "ensemble": (int, Field(0, ge=0, le=64, description="members of a deep ensemble (0 or 1: one network)")),
+    }
     return hyperparameter_schema(cls, extra, name=f"{cls.__name__}Config")
 
 
@@ -157,7 +161,7 @@ class Config(BaseModel):
         """The flax module this config describes (hyper-parameters only)."""
         from nnpes.models import family_class
 
-        kwargs = self.model.model_dump(exclude={"family", "cutoff"})
+        kwargs = self.model.model_dump(exclude={"family", "cutoff", "ensemble"})
         return family_class(self.model.family)(**kwargs)
 
 

@@ -135,6 +135,10 @@ def finish(s: Session, state: TrainState, stop_reason: str) -> TrainResult:
     if stop_reason == "interrupted" and not np.isfinite(float(state.best_val)):  # never validated yet
         params = state.ema if s.cfg.optimizer.ema_decay is not None else state.params
     final = s.potential.replace(params=params)
+    if final.members and s.val_graphs:  # an ensemble's σ calibrated so its variances match validation errors
+        from nnpes.uncertainty import calibrate
+
+        final = calibrate(final, s.val_frames, predict_graphs(final, s.val_graphs, max(s.batch_size, 16)))
     final.save(model_dir)
     test_metrics = None
     if s.test_frames and stop_reason != "interrupted":
@@ -227,6 +231,7 @@ def _potential(
     cfg: Config,
     train_frames: list[Frame],
     val_frames: list[Frame],
+    ensemble: int = 0,
 ) -> tuple[Potential, str]:
     if isinstance(model_or_potential, Potential):
         pot = model_or_potential
@@ -237,7 +242,7 @@ def _potential(
     if not isinstance(model_or_potential, nn.Module):
         raise TypeError(f"fit: expected a flax module or an nnpes.Potential, got {type(model_or_potential).__name__}")
     r_c = float(cutoff if cutoff is not None else getattr(model_or_potential, "cutoff", 5.0))
-    return potential_for_model(model_or_potential, r_c, train_frames, val_frames, cfg.seed)
+    return potential_for_model(model_or_potential, r_c, train_frames, val_frames, cfg.seed, members=ensemble)
 
 
 def fit(
@@ -250,6 +255,7 @@ def fit(
     test: Sequence[Frame | str | os.PathLike] | str | os.PathLike | None = None,
     callbacks: Sequence[Callback] = (),
     cutoff: float | None = None,
+    ensemble: int = 0,
 ) -> TrainResult:
     """Train a flax module (any module following :mod:`nnpes.models.base`, a user's own
     included) or an :class:`nnpes.Potential` on frames, with the loop of ``nnpes train``.
@@ -266,6 +272,8 @@ def fit(
             checkpoint. Layout as :func:`train`.
         callbacks: extra :class:`Callback` objects, called after the built-in writers.
         cutoff: r_c, Å, for a bare module (default: its ``cutoff`` field, else 5 Å).
+        ensemble: M ≥ 2 trains a bare module as an ensemble of M networks (seeds seed…seed+M−1,
+            each its own data order) whose spread is the uncertainty (:mod:`nnpes.uncertainty`).
 
     Returns:
         The :class:`TrainResult` (also in ``WORKDIR/result.json``); the model is in ``WORKDIR/model``.
@@ -279,7 +287,7 @@ def fit(
             raise DataError("fit: no training frames")
         val_frames = gather_frames(validation, require, "validation")
         test_frames = gather_frames(test, (), "test")
-        potential, report = _potential(model_or_potential, cutoff, cfg, train_frames, val_frames)
+        potential, report = _potential(model_or_potential, cutoff, cfg, train_frames, val_frames, ensemble)
         return potential, report, train_frames, val_frames, test_frames
 
     return _execute(cfg, inputs, callbacks)

@@ -20,7 +20,7 @@ from nnpes.data.sanity import warn_units
 from nnpes.errors import ConfigError, where
 from nnpes.potential import Potential
 from nnpes.train import checkpoint
-from nnpes.train.batches import BucketLadder, epoch_batches, fit_ladder, shard_batch
+from nnpes.train.batches import BucketLadder, epoch_batches, fit_ladder, member_batches, shard_batch
 from nnpes.train.callbacks import Callback, CSVWriter, ProgressBar, RunInfo, TensorBoardWriter
 from nnpes.train.config import Config
 from nnpes.train.optimizer import learning_rate_at, make_optimizer, run_progress
@@ -129,14 +129,14 @@ def setup(
         total_steps,
         weights,
         step_fn,
-        _data_sharding(n_dev),
+        _data_sharding(n_dev, potential.members),
         writers + list(callbacks),
         t_start,
         ladder=fit_ladder(train_graphs, batch_size, n_dev, cfg.seed, t.max_bucket_shapes),
         clock=clock,
         traces0=compilation.count("train_step"),
     )
-    state = init_state(potential.params, optimizer)
+    state = init_state(potential.params, optimizer, potential.members)
     restored = checkpoint.restore(session.ckpt_dir, jax.device_get(state))
     if restored is not None:
         state = jax.tree.map(jnp.asarray, restored)
@@ -167,17 +167,24 @@ def setup(
     return session, state
 
 
-def _data_sharding(n_dev: int):
+def _data_sharding(n_dev: int, members: int = 0):
     if n_dev == 1:
         return None
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    return NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
+    spec = PartitionSpec(None, "data") if members else PartitionSpec("data")  # an ensemble: (member, shard, ...)
+    return NamedSharding(Mesh(np.array(jax.devices()), ("data",)), spec)
 
 
 def batch(s: Session, epoch: int, b: int):
-    idx = epoch_batches(len(s.train_graphs), s.batch_size, s.cfg.seed, epoch)[b]
-    batch = shard_batch([s.train_graphs[i] for i in idx], jax.device_count(), s.potential.dtype, s.ladder)
+    n, n_dev = len(s.train_graphs), jax.device_count()
+    if s.potential.members:  # member m draws its own data order (seed + m)
+        orders = [epoch_batches(n, s.batch_size, s.cfg.seed + m, epoch)[b] for m in range(s.potential.members)]
+        lists = [[s.train_graphs[i] for i in idx] for idx in orders]
+        batch = member_batches(lists, n_dev, s.potential.dtype, s.ladder)
+    else:
+        idx = epoch_batches(n, s.batch_size, s.cfg.seed, epoch)[b]
+        batch = shard_batch([s.train_graphs[i] for i in idx], n_dev, s.potential.dtype, s.ladder)
     s.shapes.add((batch.nodes["positions"].shape, batch.senders.shape))
     if s.sharding is not None:
         # each process hands over only the shards its own devices hold (works multi-host too)

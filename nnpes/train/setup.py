@@ -110,11 +110,12 @@ def potential_for_model(
     seed: int = 0,
     isolated: Sequence[Frame] | None = None,
     terms=(),
+    members: int = 0,
 ) -> tuple[Potential, str]:
     """A fresh potential around ``model`` (cutoff in Å) with E0 (eV), scale (eV, force RMS),
     mean neighbour count and the model's own fitted constants fitted on the training frames;
     ``terms``: physical terms beside the network (:mod:`nnpes.terms`), or a callable
-    (atomic numbers, cutoff) → terms.
+    (atomic numbers, cutoff) → terms; ``members`` ≥ 2: an ensemble of that many networks.
 
     Returns the potential and a one-line report of the fitted statistics.
     """
@@ -125,7 +126,7 @@ def potential_for_model(
     terms = terms(numbers, cutoff) if callable(terms) else tuple(terms)
     potential = Potential.create(
         model, numbers, cutoff, seed, e0=e0, e0_method=method, scale=scale, avg_num_neighbors=mean_neighbors(probe),
-        terms=terms,
+        terms=terms, members=members if members >= 2 else 0,
     )  # fmt: skip
     potential = potential.replace(model=fit_model_statistics(potential.model, probe))
     report = (
@@ -141,8 +142,9 @@ def build_potential(cfg: Config, train: Sequence[Frame], extra: Sequence[Frame] 
     d = cfg.data
     isolated = read_frames(d.isolated_atoms, energy_key=d.energy_key) if d is not None and d.isolated_atoms else None
     potential, report = potential_for_model(
-        cfg.build_model(), cfg.model.cutoff, train, extra, cfg.seed, isolated, terms=cfg.terms.build
-    )
+        cfg.build_model(), cfg.model.cutoff, train, extra, cfg.seed, isolated, terms=cfg.terms.build,
+        members=getattr(cfg.model, "ensemble", 0),
+    )  # fmt: skip
     if d is not None:  # the model remembers where its labels were, for `nnpes evaluate`
         keys = {"energy": d.energy_key, "forces": d.forces_key, "stress": d.stress_key, "virial": d.virial_key}
         potential = potential.replace(label_keys=tuple(sorted(keys.items())))

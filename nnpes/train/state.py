@@ -36,12 +36,13 @@ class TrainState(struct.PyTreeNode):
     elapsed_s: Any
 
 
-def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
-    """The state at step 0: ``params`` everywhere, no best validation yet."""
+def init_state(params: Any, optimizer: optax.GradientTransformation, members: int = 0) -> TrainState:
+    """The state at step 0: ``params`` everywhere, no best validation yet; an ensemble's
+    (``members`` > 0, stacked parameters) optimiser state is one per member, stacked too."""
     return TrainState(
         step=jnp.asarray(0, jnp.int32),
         params=params,
-        opt_state=optimizer.init(params),
+        opt_state=jax.vmap(optimizer.init)(params) if members else optimizer.init(params),
         ema=params,
         best_params=params,
         best_val=np.asarray(np.inf, np.float64),

@@ -37,8 +37,10 @@ def make_train_step(
     """
     use_stress = bool(weights.get("stress"))
 
+    single = potential.replace(members=0)  # the loss sees one network at a time
+
     def loss_fn(params, batch):
-        pot = potential.replace(params=params)
+        pot = single.replace(params=params)
 
         def shard(graph):
             return error_sums(energy_forces_stress(pot, graph, compute_stress=use_stress), graph, kind, delta)
@@ -51,21 +53,33 @@ def make_train_step(
             sums = jax.tree.map(lambda x: jnp.sum(x, axis=0), jax.vmap(shard)(batch))
         return combine(sums, weights), sums
 
-    def train_step(state: TrainState, batch, learning_rate) -> tuple[TrainState, dict]:
-        compilation.traced("train_step")
-        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-        direction, opt_state = optimizer.update(grads, state.opt_state, state.params, value=loss)
+    def member_step(params, opt_state, ema, step, batch, learning_rate):
+        """One network's update (an ensemble vmaps it over members: own batches, own optimiser state)."""
+        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        direction, opt_state = optimizer.update(grads, opt_state, params, value=loss)
         updates = jax.tree.map(lambda u: (-learning_rate * u).astype(u.dtype), direction)
-        params = optax.apply_updates(state.params, updates)
-        new = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
+        new_params = optax.apply_updates(params, updates)
         if ema_decay is not None:
             # warm-up of the EMA decay so early parameters do not dominate
-            d = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step)).astype(jnp.float32)
-            new = new.replace(ema=jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), state.ema, params))
+            d = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+            ema = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), ema, new_params)
+        else:
+            ema = new_params
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         for name in ("energy", "forces", "stress"):
             if name in sums:
                 metrics[f"{name}_mse"] = sums[name] / jnp.maximum(sums[f"{name}_count"], 1.0)
-        return new, metrics
+        return new_params, opt_state, ema, metrics
+
+    def train_step(state: TrainState, batch, learning_rate) -> tuple[TrainState, dict]:
+        compilation.traced("train_step")
+        update = member_step
+        if potential.members:  # params, optimiser state, EMA and batch: a leading member axis
+            update = jax.vmap(member_step, in_axes=(0, 0, 0, None, 0, None))
+        params, opt_state, ema, metrics = update(
+            state.params, state.opt_state, state.ema, state.step, batch, learning_rate
+        )
+        new = state.replace(params=params, opt_state=opt_state, ema=ema, step=state.step + 1)
+        return new, jax.tree.map(jnp.mean, metrics)  # an ensemble reports the members' mean
 
     return jax.jit(train_step)
