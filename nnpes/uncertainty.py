@@ -64,18 +64,24 @@ def _errors(frames, predictions):
     return cat(de), cat(se), cat(df), cat(sf), np.array(per_frame).reshape(-1, 2)
 
 
+ALARM_FACTOR = 2.0  # the MD alarm's default: this many times the largest σ_F seen on validation frames
+
+
 def calibrate(potential, frames: Sequence, predictions: Sequence[dict]):
     """The potential with calibration factors s_E, s_F such that the calibrated variances match
     the observed squared errors on these (validation) frames: s² = ⟨Δ²/σ²⟩ over energies and over
-    force components (σ: the members' spread before any calibration). A label no frame carries
-    keeps its factor."""
+    force components (σ: the members' spread before any calibration); a label no frame carries
+    keeps its factor. Also sets the MD alarm's threshold ``force_std_alarm_ev_a``:
+    :data:`ALARM_FACTOR` × the largest per-atom calibrated force σ of any of these frames, eV/Å."""
     de, se, df, sf, _ = _errors(frames, predictions)
     old = potential.calibration
     factors = []
     for err, sigma, s_old in ((de, se, old[0]), (df, sf, old[1])):
         raw = np.maximum(sigma / s_old, _TINY)
         factors.append(float(np.sqrt(np.mean((err / raw) ** 2))) if err.size else s_old)
-    return potential.replace(calibration=tuple(factors))
+    worst = max(float(np.max(np.linalg.norm(p["forces_std"], axis=-1))) for p in predictions)
+    alarm = ALARM_FACTOR * worst * factors[1] / old[1]
+    return potential.replace(calibration=tuple(factors), force_std_alarm_ev_a=alarm)
 
 
 def _nll(err, sigma) -> float | None:
@@ -140,6 +146,7 @@ def calibration_figure(named_metrics: Sequence[tuple[str, dict]]):
     """Calibration plots (RMSE against RMS predicted σ per bin, log–log, the diagonal = perfect)
     for energy and forces, one series per (name, :func:`uncertainty_metrics`) pair."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -155,6 +162,9 @@ def calibration_figure(named_metrics: Sequence[tuple[str, dict]]):
                 lo, hi = min(lo, *x, *y), max(hi, *x, *y)
         if hi > 0:
             ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="calibrated")
+        for axis in (ax.xaxis, ax.yaxis):  # log axes spanning less than a decade: label the minor ticks plainly
+            axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            axis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.set_xlabel(f"predicted σ (RMS per bin), {unit}")
         ax.set_ylabel(f"actual RMSE, {unit}")
         ax.set_title(label)

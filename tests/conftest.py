@@ -100,3 +100,22 @@ def pytest_sessionfinish(session):
     if started is not None and started[0].poll() is None:
         started[0].kill()
         started[0].wait()
+
+
+@pytest.fixture(scope="session")
+def trained_ensemble(tmp_path_factory) -> str:
+    """A small DeepSets ensemble (4 members) trained for 400 steps on the 90 + 10 rMD17 ethanol
+    frames shipped in the package (rMD17 samples ethanol MD at 500 K), calibrated on the 10:
+    its model directory. Shared by the uncertainty, MD-alarm and export tests (~20 s once)."""
+    from importlib import resources
+
+    from nnpes.data.io import read_frames
+    from nnpes.models import DeepSets
+    from nnpes.train import fit
+
+    frames = read_frames(str(resources.files("nnpes.data") / "files" / "ethanol_train.xyz"))
+    workdir = tmp_path_factory.mktemp("ensemble")
+    model = DeepSets(num_basis=8, embed_features=8, phi_features=(16, 16), rho_features=(16,))
+    config = {"training": {"max_steps": 400, "batch_size": 4, "progress": False}, "optimizer": {"learning_rate": 0.01}}
+    result = fit(model, frames[:90], frames[90:], cutoff=4.0, workdir=workdir, config=config, ensemble=4)
+    return result.model_dir

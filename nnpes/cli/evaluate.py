@@ -1,4 +1,6 @@
-"""``nnpes evaluate MODEL DATA... [--json FILE] [--plot FILE.png]``: table, JSON, parity plots.
+"""``nnpes evaluate MODEL DATA... [--json FILE] [--plot FILE.png] [--calibration-plot FILE.png]``:
+table, JSON, parity plots; for an ensemble also its uncertainty (:mod:`nnpes.uncertainty`:
+negative log-likelihood, binned calibration, rank correlation of predicted and actual force errors).
 
 Labels are read under the keys the model was trained with (``potential.json``'s
 ``label_keys``; the label's own name for a model without the record) unless ``--energy-key``
@@ -27,6 +29,15 @@ _COLUMNS = [
     ("σ MAE meV/Å³", "stress_mae_mev_per_a3", "{:.3f}"),
     ("σ RMSE meV/Å³", "stress_rmse_mev_per_a3", "{:.3f}"),
 ]
+_UNCERTAINTY_COLUMNS = [
+    ("σ_E mean meV", "energy_std_mean_mev", "{:.2f}"),
+    ("σ_F mean meV/Å", "forces_std_mean_mev_per_a", "{:.2f}"),
+    ("NLL E", "energy_nll", "{:.3f}"),
+    ("NLL F", "forces_nll", "{:.3f}"),
+    ("ENCE E", "energy_ence", "{:.3f}"),
+    ("ENCE F", "forces_ence", "{:.3f}"),
+    ("Spearman F", "forces_spearman", "{:.3f}"),
+]
 KEY_LABELS = ("energy", "forces", "stress", "virial")
 GPA_PER_EV_A3 = 160.21766
 
@@ -37,6 +48,11 @@ def register(subparsers) -> None:
     p.add_argument("data", nargs="+", help="ASE-readable labelled files")
     p.add_argument("--json", help="write metrics as JSON to this file")
     p.add_argument("--plot", help="write energy, force (and stress) parity plots to this PNG")
+    p.add_argument(
+        "--calibration-plot",
+        metavar="FILE.png",
+        help="ensembles: write the calibration plot (actual RMSE against predicted σ, binned) to this PNG",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     for label in KEY_LABELS:
@@ -57,17 +73,31 @@ def run(args) -> int:
     from nnpes.md.calculator import resolve_dtype
     from nnpes.potential import load
 
-    check_outputs(("--json", args.json), ("--plot", args.plot))  # before the work, not after it
+    # before the work, not after it
+    check_outputs(("--json", args.json), ("--plot", args.plot), ("--calibration-plot", args.calibration_plot))
     potential = load(args.model).astype(resolve_dtype(args.dtype))
+    if args.calibration_plot and not potential.members:
+        raise ConfigError(f"--calibration-plot: {args.model} is one network, not an ensemble (model.ensemble: M)")
     keys = {label: getattr(args, f"{label}_key") or potential.label_key(label) for label in KEY_LABELS}
     expect_stress = args.stress_key is not None or args.virial_key is not None
     datasets = [(path, _read_checked(path, keys, expect_stress)) for path in args.data]  # every file checked first
     files, parity = [], []
     for path, frames in datasets:
         metrics, preds = evaluate_frames(potential, frames, args.batch_size)
+        if potential.members:
+            from nnpes.uncertainty import uncertainty_metrics
+
+            metrics["uncertainty"] = uncertainty_metrics(frames, preds)
         files.append({"path": os.path.abspath(path), **metrics})
         parity.append((os.path.basename(path), frames, preds))
     _print_table(files)
+    if potential.members:
+        _print_table(files, _UNCERTAINTY_COLUMNS, "uncertainty", "nnpes evaluate: ensemble uncertainty")
+    if args.calibration_plot:
+        from nnpes.uncertainty import calibration_plot
+
+        named = [(os.path.basename(f["path"]), f["uncertainty"]) for f in files]
+        write(calibration_plot, named, args.calibration_plot)
     if args.json:
         write(dump_json, {"model": os.path.abspath(args.model), "label_keys": keys, "files": files}, args.json)
     if args.plot:
@@ -87,18 +117,19 @@ def _read_checked(path: str, keys: dict, expect_stress: bool) -> list:
     return frames
 
 
-def _print_table(files: list[dict]) -> None:
+def _print_table(files: list[dict], columns=_COLUMNS, section: str | None = None, title="nnpes evaluate") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="nnpes evaluate")
+    table = Table(title=title)
     table.add_column("file")
-    for name, _, _ in _COLUMNS:
+    for name, _, _ in columns:
         table.add_column(name, justify="right")
     for f in files:
         cells = [os.path.basename(f["path"])]
-        for _, key, fmt in _COLUMNS:
-            cells.append("—" if f[key] is None else fmt.format(f[key]))
+        values = f[section] if section else f
+        for _, key, fmt in columns:
+            cells.append("—" if values[key] is None else fmt.format(values[key]))
         table.add_row(*cells)
     Console(width=200).print(table)
 

@@ -62,6 +62,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="stop as unstable, keeping the frames before, when a recorded frame is hotter than this "
         "(default: 10 x the target or start temperature, at least 3000 K)",
     )
+    _add_uncertainty_options(p)
     p.add_argument("--skin", type=float, default=None, metavar="A", help="neighbour-list skin, Å (default: 1.0)")
     p.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="auto: jax-md when the structure allows it, else ASE"
@@ -91,6 +92,30 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _add_uncertainty_options(p: argparse.ArgumentParser) -> None:
+    """The extrapolation alarm's options (ensembles; :mod:`nnpes.md.alarm`)."""
+    p.add_argument(
+        "--uncertainty-threshold",
+        type=float,
+        default=None,
+        metavar="EV_A",
+        help="ensembles: warn about (and write to --uncertain-out) a recorded frame whose largest per-atom force "
+        "uncertainty is above this, eV/Å (default: the threshold fitted on validation data at training)",
+    )
+    p.add_argument(
+        "--stop-on-uncertainty",
+        action="store_true",
+        help="ensembles: stop at the first such frame (exit status 3, the frames up to it written)",
+    )
+    p.add_argument(
+        "--uncertain-out",
+        metavar="FILE.xyz",
+        default=None,
+        help="where frames above the uncertainty threshold go (default: uncertain.xyz beside --out, "
+        "or in the current directory); written only when there are such frames",
+    )
+
+
 # MDConfig key → the option that sets it (errors name the option)
 OPTION_OF_KEY = {
     "ensemble": "--ensemble",
@@ -105,6 +130,7 @@ OPTION_OF_KEY = {
     "skin_a": "--skin",
     "every": "--every",
     "max_temperature_k": "--max-temperature",
+    "uncertainty_threshold_ev_a": "--uncertainty-threshold",
 }
 # options that only some ensembles read: giving one to another ensemble is refused, not ignored
 ENSEMBLES_OF_OPTION = {"thermostat": ("nvt",), "pressure": ("npt",), "tau_p": ("npt",), "tau_t": ("nvt", "npt")}
@@ -165,6 +191,9 @@ def _options(args: argparse.Namespace):
             )
     given = {"thermostat": args.thermostat, "pressure_bar": args.pressure, "tau_t_fs": args.tau_t}
     given |= {"tau_p_fs": args.tau_p, "skin_a": args.skin, "max_temperature_k": args.max_temperature}
+    given |= {"uncertainty_threshold_ev_a": args.uncertainty_threshold}
+    if args.stop_on_uncertainty:
+        given["stop_on_uncertainty"] = True
     return from_options(
         OPTION_OF_KEY,
         ensemble=args.ensemble,
@@ -232,22 +261,12 @@ def main(args: argparse.Namespace) -> int:
         jax.config.update("jax_enable_x64", True)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from nnpes.md.alarm import UncertaintyStop
     from nnpes.md.driver import run_md
-    from nnpes.potential import load
+    from nnpes.md.results import UncertainWriter
 
     quiet = getattr(args, "quiet", False)
-    options = _options(args)  # ConfigError: one line naming the option
-    check_outputs(("--out", args.out), ("--log", args.log), ("--json", args.json))
-    if args.out and os.path.splitext(args.out)[1].lower() not in ("", ".xyz", ".extxyz"):
-        # ASE picks a file's format by its name: a .traj holding extxyz could not be read back
-        raise ConfigError(f"--out {args.out}: trajectories are written as extended XYZ; name the file .xyz")
-    potential = load(args.model)
-    atoms = read_structure(args.structure, potential, options)
-    if args.devices is None:
-        _check_backend(args, potential, atoms, options)
-    elif args.devices < 1:
-        raise ConfigError(f"--devices must be ≥ 1, got {args.devices}")
-
+    options, potential, atoms = _checked_inputs(args)
     progress = Progress(
         TextColumn("md"),
         BarColumn(),
@@ -256,7 +275,7 @@ def main(args: argparse.Namespace) -> int:
         transient=True,
         disable=quiet,
     )
-    writer = _frame_writer(args)
+    writer, uncertain = _frame_writer(args), UncertainWriter(_uncertain_path(args))
     stopped = None
     with _status_lines(not quiet), progress:
         task = progress.add_task("md", total=args.steps)
@@ -270,17 +289,41 @@ def main(args: argparse.Namespace) -> int:
                 devices=args.devices,
                 callback=lambda done, total: progress.update(task, completed=done),
                 source=args.structure,
-                on_frames=lambda frames: write(writer.add, frames),
+                on_frames=lambda frames: [write(w.add, frames) for w in (writer, uncertain)],
             )
         except (SimulationError, Interrupted) as e:  # keep what was done before saying why it ended
             stopped, result = e, e.result
     written = _finish_outputs(args, writer, result) if result is not None else "nothing written"
+    if uncertain.count:
+        written += f"; {uncertain.count} frame(s) above the uncertainty threshold written to {uncertain.path}"
+    if isinstance(stopped, UncertaintyStop):
+        print(f"nnpes md: {stopped}; {written}", file=sys.stderr)
+        return 3
     if isinstance(stopped, SimulationError):
         raise SimulationError(f"{args.structure}: {stopped}; {written}") from None
     if stopped is not None:
         raise KeyboardInterrupt(f"{stopped}; {written}")
     print(_summary_line(result))
     return 0
+
+
+def _checked_inputs(args: argparse.Namespace) -> tuple:
+    """(options, potential, start structure), every option, output path and input checked."""
+    from nnpes.potential import load
+
+    options = _options(args)  # ConfigError: one line naming the option
+    outputs = ("--out", args.out), ("--log", args.log), ("--json", args.json), ("--uncertain-out", args.uncertain_out)
+    check_outputs(*outputs)
+    if args.out and os.path.splitext(args.out)[1].lower() not in ("", ".xyz", ".extxyz"):
+        # ASE picks a file's format by its name: a .traj holding extxyz could not be read back
+        raise ConfigError(f"--out {args.out}: trajectories are written as extended XYZ; name the file .xyz")
+    potential = load(args.model)
+    atoms = read_structure(args.structure, potential, options)
+    if args.devices is None:
+        _check_backend(args, potential, atoms, options)
+    elif args.devices < 1:
+        raise ConfigError(f"--devices must be ≥ 1, got {args.devices}")
+    return options, potential, atoms
 
 
 def _frame_writer(args: argparse.Namespace):
@@ -293,6 +336,12 @@ def _frame_writer(args: argparse.Namespace):
 
     continued = args.out is not None and os.path.exists(args.out) and os.path.samefile(args.out, args.structure)
     return FrameWriter(args.out, args.log, continued, continued and args.log is not None and os.path.exists(args.log))
+
+
+def _uncertain_path(args: argparse.Namespace) -> str:
+    if args.uncertain_out:
+        return args.uncertain_out
+    return os.path.join(os.path.dirname(os.path.abspath(args.out)) if args.out else os.getcwd(), "uncertain.xyz")
 
 
 def _finish_outputs(args: argparse.Namespace, writer, result) -> str:

@@ -7,6 +7,8 @@
   :func:`run_md` picks one for a structure (what ``nnpes md`` calls).
 - :class:`MDConfig` (alias :class:`MDOptions`): the validated MD options.
 - :func:`check_structure`: the start-structure checks every entry point makes before compiling.
+- :func:`uncertainty`: an ensemble's energy and force uncertainties through the jax-md adaptor;
+  the extrapolation alarm of both backends (``alarm``: :class:`UncertaintyWarning`, :class:`UncertaintyStop`).
 
 Modules: ``config`` (options), ``ensembles`` (the one table both backends read), ``jaxmd_simulation``
 (jax-md set-up), ``loop`` (jax-md run loop), ``ase_backend``, ``results`` (MDResult, writers),
@@ -31,6 +33,9 @@ _LAZY = {
     "run_ase": "nnpes.md.ase_backend",
     "run_md": "nnpes.md.driver",
     "check_structure": "nnpes.md.structure",
+    "uncertainty": "nnpes.md.alarm",
+    "UncertaintyStop": "nnpes.md.alarm",
+    "UncertaintyWarning": "nnpes.md.alarm",
 }
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from nnpes import compilation
 from nnpes.errors import DataError, Interrupted, SimulationError
+from nnpes.md import alarm
 from nnpes.md.config import MDConfig, configure
 from nnpes.md.driver import check_steps
 from nnpes.md.ensembles import ensemble, require_cell
@@ -20,6 +21,7 @@ from nnpes.md.structure import check_structure, start_time_fs
 from nnpes.md.units import BAR
 from nnpes.md.velocities import initial_momenta, temperature_k
 from nnpes.potential import Potential
+from nnpes.uncertainty import max_atom_force_std
 
 TRACED = ("energy_forces_stress",)  # the calculator's jitted function in nnpes.physics
 
@@ -74,6 +76,7 @@ def run_ase(
     dyn = ensemble(options).ase(atoms, options)
     compiled_before = compilation.count(*TRACED)
     frames, recorded, t0 = [], [], time.perf_counter()
+    threshold = alarm.threshold_ev_a(potential, options)
     limit = temperature_limit_k(options, float(temperature_k(np.array([atoms.get_kinetic_energy()]), len(atoms))[0]))
 
     def record():
@@ -84,21 +87,27 @@ def run_ase(
         bad = first_unstable({k: [v] for k, v in zip(COLUMNS, frame)}, len(atoms), limit)
         if bad is not None:
             raise _Unstable(bad[1])
+        if potential.members:  # an ensemble: the extrapolation alarm's number (nnpes.md.alarm)
+            frame += (float(max_atom_force_std(atoms.calc.results["forces_std"])),)
         recorded.append(dyn.nsteps)
         frames.append(frame)
         if on_frames is not None:
             on_frames(result(frames[-1:]))
         if callback is not None and dyn.nsteps > 0:
             callback(dyn.nsteps, steps)
+        watched = {"force_std": [frame[-1]], "step": [dyn.nsteps]} if potential.members else {}
+        if alarm.check(watched, threshold, options.stop_on_uncertainty, [frame[0]]) is not None:
+            raise _Uncertain(alarm.stop_message(frame[-1], threshold, dyn.nsteps, frame[0]))
 
     def result(some: list, stopped: str | None = None) -> MDResult | None:
         if not some:
             return None
         wall = time.perf_counter() - t0
         return md_result(
-            dict(zip(COLUMNS, zip(*some))), numbers=atoms.numbers.copy(), pbc=atoms.pbc.copy(), options=options,
-            steps=recorded[-1], wall_s=wall, steps_per_s=recorded[-1] / wall,
+            dict(zip((*COLUMNS, "force_std"), zip(*some))), numbers=atoms.numbers.copy(), pbc=atoms.pbc.copy(),
+            options=options, steps=recorded[-1], wall_s=wall, steps_per_s=recorded[-1] / wall,
             compilations=compilation.count(*TRACED) - compiled_before, backend="ase", stopped=stopped,
+            uncertainty_threshold_ev_a=threshold,
         )  # fmt: skip
 
     try:
@@ -106,6 +115,8 @@ def run_ase(
         dyn.attach(record, interval=options.every)
         dyn.run(steps)
         record()  # the last step, when it is not a multiple of every
+    except _Uncertain as e:
+        raise alarm.UncertaintyStop(str(e), result(frames, "uncertainty")) from None
     except KeyboardInterrupt:
         done = recorded[-1] if recorded else 0
         raise Interrupted(f"MD interrupted after {done} of {steps} steps", result(frames, "interrupted")) from None
@@ -119,3 +130,7 @@ def run_ase(
 
 class _Unstable(Exception):
     """Raised from inside ASE's integrator loop (an observer) to end an unstable run."""
+
+
+class _Uncertain(Exception):
+    """Raised from inside ASE's integrator loop to stop at an uncertain frame (stop_on_uncertainty)."""

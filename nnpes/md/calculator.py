@@ -25,6 +25,7 @@ from nnpes.errors import ModelError
 from nnpes.memory import check_fits, compiled_bytes
 from nnpes.physics import energy_forces_stress
 from nnpes.potential import Potential, load
+from nnpes.uncertainty import member_outputs, spread
 
 _SOURCE = "ase.Atoms"  # what errors about the calculator's structure name
 
@@ -70,11 +71,19 @@ def _compiled(treedef, signature: tuple, n_node: int, n_edge: int, stress: bool,
 
         def call(leaves, arrays):
             graph = _graph(*arrays, n_node, n_edge)
-            out = energy_forces_stress(jax.tree.unflatten(treedef, leaves), graph, compute_stress=stress)
-            # one flat output, one device-to-host copy: E_int, forces, site energies (, stress)
+            potential = jax.tree.unflatten(treedef, leaves)
+            if potential.members:  # an ensemble: the members' mean, and their spread after everything else
+                members = member_outputs(potential, graph, compute_stress=stress)
+                out = jax.tree.map(lambda v: jnp.mean(v, axis=0), members)
+                e_std, f_std = spread(members["interaction_energy"], members["forces"], potential.calibration)
+            else:
+                out = energy_forces_stress(potential, graph, compute_stress=stress)
+            # one flat output, one device-to-host copy: E_int, forces, site energies (, charges, stress, σ)
             parts = [out["interaction_energy"][:1], out["forces"].ravel(), out["site_energies"]]
             parts += [out["charges"]] if "charges" in out else []
-            return jnp.concatenate(parts + ([out["stress"][0].ravel()] if stress else []))
+            parts += [out["stress"][0].ravel()] if stress else []
+            parts += [e_std[:1], f_std.ravel()] if potential.members else []
+            return jnp.concatenate(parts)
 
         compiled = jax.jit(call).lower(leaves, arrays).compile()
         counts = arrays[1][-4:]
@@ -94,21 +103,27 @@ class Calculator(_AseCalculator):
     Gives ``energy`` and ``free_energy`` (eV), ``forces`` (eV/Å), per-atom ``energies`` (eV)
     for molecules and periodic cells, and ``stress`` (eV/Å³, ASE Voigt order and sign) for
     cells periodic in all three directions, and the latent partial ``charges`` (e) of a model
-    with an electrostatics term (they sum to ``atoms.info["charge"]``, 0 when absent). Small
+    with an electrostatics term (they sum to ``atoms.info["charge"]``, 0 when absent). An
+    ensemble (``potential.members``) gives its members' mean and, calibrated, their spread:
+    ``energy_std`` (eV) and ``forces_std`` ((N, 3), eV/Å). Small
     periodic cells are fine (every image within the cutoff is listed). Shapes are padded to
     buckets, so MD recompiles only rarely; each padded shape is compiled once per potential,
     and calculators of one potential share it.
 
     Args:
-        potential: a :class:`~nnpes.Potential` or a model (or run) directory.
-        dtype: "float32" or "float64" (the same parameters, cast; needs x64 enabled).
+        potential: a :class:`~nnpes.Potential`, an exported one (:mod:`nnpes.exported`), or a
+            model, run or export directory.
+        dtype: "float32" or "float64" (the same parameters, cast, or the export's program of
+            that dtype; needs x64 enabled).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress", "charges"]
+    implemented_properties = [
+        "energy", "free_energy", "forces", "energies", "stress", "charges", "energy_std", "forces_std",
+    ]  # fmt: skip
 
     def __init__(self, potential: Potential | str | os.PathLike, dtype: str = "float32", **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(potential, Potential):
+        if isinstance(potential, str | os.PathLike):
             potential = load(potential)
         self.dtype = resolve_dtype(dtype)
         self.potential = potential.astype(self.dtype)
@@ -177,7 +192,11 @@ class Calculator(_AseCalculator):
             self.results["charges"] = flat[rest : rest + n].copy()
             rest += n_node
         if periodic:
-            self.results["stress"] = matrix_to_voigt(flat[rest:].reshape(3, 3))
+            self.results["stress"] = matrix_to_voigt(flat[rest : rest + 9].reshape(3, 3))
+            rest += 9
+        if self.potential.members:
+            self.results["energy_std"] = float(flat[rest])
+            self.results["forces_std"] = flat[rest + 1 : rest + 1 + 3 * n_node].reshape(n_node, 3)[:n].copy()
 
     def _padded(self, positions_a, numbers, cell, pbc, charge: float = 0.0) -> tuple:
         """((floats, ints), n_node, n_edge) of one structure (positions Å, cell rows Å) and its

@@ -39,6 +39,10 @@ class MDConfig(BaseModel):
         every: record (and write) every this many steps.
         max_temperature_k: a recorded frame hotter than this, K, stops the run as unstable
             (:mod:`nnpes.md.guard`); None: 10 × the target or start temperature, at least 3 000 K.
+        uncertainty_threshold_ev_a: an ensemble's extrapolation alarm (:mod:`nnpes.md.alarm`):
+            a recorded frame whose largest per-atom force uncertainty is above this, eV/Å, is
+            reported; None: the threshold fitted at training.
+        stop_on_uncertainty: stop the run at such a frame.
 
     Construction raises :class:`nnpes.errors.ConfigError` (one line); so does :meth:`replace`.
     NaN and infinite numbers are refused.
@@ -58,6 +62,8 @@ class MDConfig(BaseModel):
     capacity_multiplier: float = Field(DEFAULT_CAPACITY_MULTIPLIER, gt=0.0)
     every: int = Field(10, ge=1)
     max_temperature_k: float | None = Field(None, gt=0.0)
+    uncertainty_threshold_ev_a: float | None = Field(None, gt=0.0)
+    stop_on_uncertainty: bool = False
 
     def __init__(self, **data: Any):
         try:

@@ -133,8 +133,10 @@ def energy_neighbor_list(
         when the update precedes the step, as :func:`nnpes.md.run` does. Like jax-md,
         ``update`` never raises: check :func:`needs_reallocation` (``did_buffer_overflow``).
 
-        ``energy_fn(R, neighbor, *, params=None, box=None, perturbation=None)`` is the total
-        energy, eV, reference energies included (what :class:`nnpes.Calculator` gives).
+        ``energy_fn(R, neighbor, *, params=None, box=None, perturbation=None, members=False)``
+        is the total energy, eV, reference energies included (what :class:`nnpes.Calculator`
+        gives); with ``members=True`` an ensemble's (M,) member energies instead, whose spread
+        :func:`nnpes.md.uncertainty` turns into energy and force uncertainties.
         ``params`` replaces the model's parameters (differentiate with respect to them);
         ``box`` and ``perturbation`` are jax-md's keywords, used by ``quantity.pressure``,
         ``quantity.stress`` and ``simulate.npt_nose_hoover``. Pairs listed beyond the cutoff
@@ -285,7 +287,7 @@ def _energy_function(potential: Potential, displacement_fn, species, geometry: _
     n_atoms = len(species)
     potential = potential.for_cells(np.zeros((1, 3, 3)) if geometry.free else np.asarray(geometry.box).T[None])
 
-    def energy_fn(R, neighbor, *, params=None, box=None, perturbation=None, **unused_kwargs):
+    def energy_fn(R, neighbor, *, params=None, box=None, perturbation=None, members=False, **unused_kwargs):
         valid = (neighbor.idx[0] < n_atoms) & (neighbor.idx[1] < n_atoms)
         senders = jnp.where(valid, neighbor.idx[0], 0)  # empty slots hold N: point them at atom 0, masked
         receivers = jnp.where(valid, neighbor.idx[1], 0)
@@ -297,20 +299,28 @@ def _energy_function(potential: Potential, displacement_fn, species, geometry: _
         vectors = jax.vmap(partial(displacement_fn, **kwargs))(R[senders], R[receivers])  # R_j − R_i
         model = potential if params is None else potential.replace(params=params)
         positions, cell = geometry.positions_and_cell(R, box, perturbation)
-        interaction, reference, _ = site_energies_from_vectors(
-            model,
-            vectors,
-            species,
-            senders,
-            receivers,
-            valid,
-            positions=positions,
-            cell=cell,
-            node_graph=jnp.zeros(n_atoms, jnp.int32),
-            total_charge=jnp.full((1,), geometry.total_charge, R.dtype),
-        )
-        return jnp.sum(interaction) + jnp.sum(reference)
 
+        def energy(model):
+            interaction, reference, _ = site_energies_from_vectors(
+                model,
+                vectors,
+                species,
+                senders,
+                receivers,
+                valid,
+                positions=positions,
+                cell=cell,
+                node_graph=jnp.zeros(n_atoms, jnp.int32),
+                total_charge=jnp.full((1,), geometry.total_charge, R.dtype),
+            )
+            return jnp.sum(interaction) + jnp.sum(reference)
+
+        if members:  # an ensemble's members one by one: (M,) energies, eV
+            single = model.member_potentials()
+            return jax.vmap(lambda p: energy(single.replace(params=p)))(single.params)
+        return energy(model)
+
+    energy_fn.calibration = potential.calibration  # what nnpes.md.uncertainty reads
     return energy_fn
 
 

@@ -26,6 +26,7 @@ from jax import lax
 
 from nnpes import compilation
 from nnpes.errors import Interrupted, SimulationError
+from nnpes.md import alarm
 from nnpes.md.driver import check_steps
 from nnpes.md.guard import first_unstable, temperature_limit_k, unstable_message
 from nnpes.md.jaxmd_energy import BoxTooSmallError, needs_reallocation, quiet_jax_md
@@ -59,7 +60,7 @@ def _observe_fn(sim: Simulation):
         else:
             volume = pressure = jnp.zeros((), state.position.dtype)  # NaN on the host (jax_debug_nans-safe)
             epot = sim.energy_fn(state.position, nbrs, params=params)
-        return {
+        out = {
             "positions": sim.real_positions(state, box),
             "velocities": state.momentum / state.mass,
             "forces": state.force,
@@ -69,6 +70,10 @@ def _observe_fn(sim: Simulation):
             "pressure": pressure,
             "volume": volume,
         }
+        if sim.potential.members:  # an ensemble: what the extrapolation alarm watches (nnpes.md.alarm)
+            box_kwargs = {"box": box} if sim.periodic else {}
+            out["force_std"] = alarm.force_std(sim.energy_fn, state.position, nbrs, params=params, **box_kwargs)
+        return out
 
     return observe
 
@@ -157,6 +162,7 @@ def _columns(sim: Simulation, frames: list, start_time_fs: float) -> dict:
         "ekin": cat["ekin"],
         "pressure_bar": cat["pressure"] / BAR if sim.periodic else nan,
         "volume_a3": cat["volume"] if sim.periodic else nan,
+        **({"force_std": cat["force_std"]} if "force_std" in cat else {}),
     }
 
 
@@ -285,6 +291,7 @@ def _result(sim, frames, done, tally, state=None, nbrs=None, stopped=None) -> MD
         steps_per_s=tally.timed_steps / tally.timed_s if tally.timed_s > 0 else done / wall,
         compilations=compilation.count(*TRACED) - tally.compiled_before, backend="jax-md",
         neighbor_reallocations=tally.reallocations, state=state, neighbor=nbrs, stopped=stopped,
+        uncertainty_threshold_ev_a=alarm.threshold_ev_a(sim.potential, sim.options),
     )  # fmt: skip
 
 
@@ -292,9 +299,19 @@ def _accept(sim, frames: list, chunk: dict, done: int, tally: Tally, on_frames) 
     """Add a chunk's frames to the run's, after checking them (:func:`_stop_if_unstable`), and
     hand them to ``on_frames`` as an :class:`MDResult` of these frames alone."""
     _stop_if_unstable(sim, frames, chunk, tally)
+    threshold = alarm.threshold_ev_a(sim.potential, sim.options)
+    time_fs = tally.start_time_fs + chunk["step"] * sim.options.dt_fs
+    stop_at = alarm.check(chunk, threshold, sim.options.stop_on_uncertainty, time_fs)
+    if stop_at is not None:  # keep the frames up to the uncertain one, then stop
+        chunk = jax.tree.map(lambda x: x[: stop_at + 1], chunk)
+        done = int(chunk["step"][-1])
     frames.append(chunk)
     if on_frames is not None:
         on_frames(_result(sim, [chunk], done, tally))
+    if stop_at is not None:
+        sigma = float(chunk["force_std"][-1])
+        message = alarm.stop_message(sigma, threshold, done, float(time_fs[stop_at]))
+        raise alarm.UncertaintyStop(message, _result(sim, frames, done, tally, stopped="uncertainty"))
 
 
 def _stop_if_unstable(sim, frames: list, chunk: dict, tally: Tally, keep_chunk: bool = True) -> None:

@@ -22,7 +22,10 @@ class MDResult:
     epot/ekin/etot (M,) eV, temperature_k (M,), pressure_bar and volume_a3 (M,) (NaN for a
     molecule; pressure includes the kinetic term 2·E_kin/(3V)). ``steps`` counts the steps done;
     ``stopped`` is None for a run that did them all, else why it ended early ("unstable" or
-    "interrupted", :class:`nnpes.errors.SimulationError` / :class:`nnpes.errors.Interrupted`).
+    "interrupted", :class:`nnpes.errors.SimulationError` / :class:`nnpes.errors.Interrupted`;
+    "uncertainty", :class:`nnpes.md.alarm.UncertaintyStop`). An ensemble's runs also record
+    force_std_ev_a (M,): the largest per-atom force uncertainty, eV/Å, and the alarm's
+    uncertainty_threshold_ev_a (:mod:`nnpes.md.alarm`).
     """
 
     numbers: np.ndarray
@@ -48,6 +51,8 @@ class MDResult:
     state: object = None
     neighbor: object = None
     stopped: str | None = None
+    force_std_ev_a: np.ndarray | None = None
+    uncertainty_threshold_ev_a: float | None = None
 
     @property
     def etot(self) -> np.ndarray:
@@ -78,11 +83,21 @@ class MDResult:
             "neighbor_reallocations": int(self.neighbor_reallocations),
             "compilations": int(self.compilations),
             "stopped": self.stopped,
+            "max_force_std_ev_a": None if self.force_std_ev_a is None else float(np.max(self.force_std_ev_a)),
+            "uncertainty_threshold_ev_a": self.uncertainty_threshold_ev_a,
+            "uncertain_frames": len(self.uncertain()),
         }
 
     def since(self, start: int) -> MDResult:
         """The same result with the recorded frames from index ``start`` on."""
-        return dataclasses.replace(self, **{k: getattr(self, k)[start:] for k in (*COLUMNS, "temperature_k")})
+        keys = (*COLUMNS, "temperature_k") + (("force_std_ev_a",) if self.force_std_ev_a is not None else ())
+        return dataclasses.replace(self, **{k: getattr(self, k)[start:] for k in keys})
+
+    def uncertain(self) -> np.ndarray:
+        """Indices of the recorded frames above the uncertainty alarm's threshold (NaN counts as above)."""
+        if self.force_std_ev_a is None or self.uncertainty_threshold_ev_a is None:
+            return np.zeros(0, int)
+        return np.flatnonzero(~(self.force_std_ev_a <= self.uncertainty_threshold_ev_a))
 
     def to_atoms(self, i: int):
         """Frame i as ``ase.Atoms`` with velocities and a calculator holding energy and forces."""
@@ -93,6 +108,8 @@ class MDResult:
         atoms.set_velocities(self.velocities[i])
         atoms.calc = SinglePointCalculator(atoms, energy=float(self.epot[i]), forces=self.forces[i])
         atoms.info["time_fs"] = float(self.time_fs[i])
+        if self.force_std_ev_a is not None:
+            atoms.info["force_std_ev_a"] = float(self.force_std_ev_a[i])
         return atoms
 
     def write_trajectory(self, path: str, append: bool = False, start: int = 0) -> None:
@@ -142,6 +159,23 @@ class FrameWriter:
             self.add(result.since(self.written))
 
 
+class UncertainWriter:
+    """Writes the recorded frames above the uncertainty alarm's threshold (:meth:`MDResult.uncertain`)
+    to an extxyz file as they come (``add`` is a run's ``on_frames``): the file is replaced at the
+    run's first such frame and appended to after; it is not created when there is none."""
+
+    def __init__(self, path: str):
+        self.path, self.count = path, 0
+
+    def add(self, frames: MDResult) -> None:
+        import ase.io
+
+        picked = [frames.to_atoms(int(i)) for i in frames.uncertain()]
+        if picked:
+            ase.io.write(self.path, picked, format="extxyz", append=self.count > 0)
+            self.count += len(picked)
+
+
 def md_result(
     columns: dict,
     *,
@@ -157,14 +191,19 @@ def md_result(
     state=None,
     neighbor=None,
     stopped: str | None = None,
+    uncertainty_threshold_ev_a: float | None = None,
 ) -> MDResult:
     """An :class:`MDResult` from recorded columns (the keys of ``COLUMNS``, frame-major), the
-    temperature from the kinetic energy over 3N − 3 degrees of freedom."""
+    temperature from the kinetic energy over 3N − 3 degrees of freedom; an ensemble's runs add
+    the column ``force_std`` (eV/Å)."""
     cols = {k: np.asarray(columns[k], np.float64) for k in COLUMNS}
+    if "force_std" in columns:
+        cols["force_std_ev_a"] = np.asarray(columns["force_std"], np.float64)
     # fmt: off
     return MDResult(numbers=np.asarray(numbers), pbc=np.asarray(pbc), **cols,
                     temperature_k=temperature_k(cols["ekin"], len(numbers)), ensemble=options.ensemble, steps=steps,
                     dt_fs=options.dt_fs, wall_s=wall_s, steps_per_s=steps_per_s,
                     neighbor_reallocations=neighbor_reallocations, compilations=compilations, backend=backend,
-                    state=state, neighbor=neighbor, stopped=stopped)
+                    state=state, neighbor=neighbor, stopped=stopped,
+                    uncertainty_threshold_ev_a=uncertainty_threshold_ev_a)
     # fmt: on
