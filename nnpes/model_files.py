@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from nnpes.errors import ModelError
-from nnpes.models.base import FILLED_FIELDS, validate_hyperparameters
 from nnpes.terms import terms_from_json, terms_to_json
 
 FORMAT_VERSION = 2
@@ -33,6 +32,7 @@ def potential_metadata(potential) -> dict:
     """The JSON description of a potential (see the module docstring)."""
     from nnpes import __version__
     from nnpes.models import family_name
+    from nnpes.models.base import FILLED_FIELDS
 
     model = potential.model
     hyper = {
@@ -68,6 +68,7 @@ def potential_metadata(potential) -> dict:
         "label_keys": dict(potential.label_keys),
         "ensemble_members": potential.members,
         "uncertainty_calibration": list(potential.calibration),
+        "force_std_alarm_ev_a": potential.force_std_alarm_ev_a,
     }
 
 
@@ -223,6 +224,7 @@ def check_weights_fit(model, params, cutoff: float, params_path: str, members: i
 
 def load(directory: str | os.PathLike):
     """See :func:`nnpes.load`."""
+    from nnpes.models.base import validate_hyperparameters  # here: nnpes.potential imports this module
     from nnpes.potential import Potential, fill_model, num_outputs_for
 
     directory, meta = _read_metadata(os.fspath(directory))
@@ -255,4 +257,5 @@ def load(directory: str | os.PathLike):
         label_keys=meta.get("label_keys", {}),
         members=members,
         calibration=meta.get("uncertainty_calibration", (1.0, 1.0)),
+        force_std_alarm_ev_a=meta.get("force_std_alarm_ev_a"),
     )

@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import jraph
 
 from nnpes import compilation
-from nnpes.models.base import safe_vector
-from nnpes.terms import TermInputs
+from nnpes.terms import TermInputs, safe_vector
 
 if TYPE_CHECKING:
     from nnpes.potential import Potential

@@ -23,7 +23,6 @@ from flax import struct
 from nnpes.charges import conserved_charges
 from nnpes.errors import ModelError
 from nnpes.model_files import FORMAT_VERSION  # noqa: F401  (re-exported)
-from nnpes.models.base import FILLED_FIELDS, validate_hyperparameters
 from nnpes.terms import Term, TermInputs
 
 
@@ -49,6 +48,8 @@ class Potential(struct.PyTreeNode):
             uncertainty (:mod:`nnpes.uncertainty`).
         calibration: (energy, forces) factors that turn the members' standard deviations into
             calibrated ones (fitted on validation data, :func:`nnpes.uncertainty.calibrate`).
+        force_std_alarm_ev_a: the MD extrapolation alarm's default threshold on the largest
+            per-atom force uncertainty, eV/Å (:mod:`nnpes.md.alarm`); None when not fitted.
     """
 
     model: nn.Module = struct.field(pytree_node=False)
@@ -62,6 +63,7 @@ class Potential(struct.PyTreeNode):
     label_keys: tuple[tuple[str, str], ...] = struct.field(pytree_node=False, default=())
     members: int = struct.field(pytree_node=False, default=0)
     calibration: tuple[float, float] = struct.field(pytree_node=False, default=(1.0, 1.0))
+    force_std_alarm_ev_a: float | None = struct.field(pytree_node=False, default=None)
 
     @classmethod
     def create(
@@ -80,6 +82,7 @@ class Potential(struct.PyTreeNode):
         label_keys=(),
         members: int = 0,
         calibration=(1.0, 1.0),
+        force_std_alarm_ev_a: float | None = None,
     ) -> Potential:
         """A potential with random weights (or the given ``params``).
 
@@ -99,12 +102,15 @@ class Potential(struct.PyTreeNode):
             label_keys: {label: key} (or pairs) of the data it is trained on, e.g. {"energy": "REF_energy"}.
             members: 0 for one network, M ≥ 2 for an ensemble (member m initialised from seed + m).
             calibration: (energy, forces) factors of the ensemble's standard deviations.
+            force_std_alarm_ev_a: the MD alarm's threshold, eV/Å (None: not fitted).
         """
         numbers = tuple(sorted({int(z) for z in np.asarray(atomic_numbers).reshape(-1)}))
         if not numbers or numbers[0] < 1 or numbers[-1] > 118:
             raise ModelError(f"atomic_numbers must be 1..118, got {list(numbers)}")
         if not cutoff > 0:
             raise ModelError(f"cutoff must be > 0 Å, got {cutoff}")
+        from nnpes.models.base import validate_hyperparameters  # here: an exported potential needs no model code
+
         try:
             validate_hyperparameters(model, "model")
         except ValueError as e:
@@ -133,6 +139,7 @@ class Potential(struct.PyTreeNode):
             label_keys=_label_pairs(label_keys),
             members=int(members),
             calibration=(float(calibration[0]), float(calibration[1])),
+            force_std_alarm_ev_a=None if force_std_alarm_ev_a is None else float(force_std_alarm_ev_a),
         )
 
     def label_key(self, label: str) -> str:
@@ -252,6 +259,8 @@ def fill_model(
         "avg_num_neighbors": float(avg_num_neighbors),
         "num_outputs": int(num_outputs),
     }
+    from nnpes.models.base import FILLED_FIELDS
+
     names = {f.name for f in dataclasses.fields(model)}
     if num_outputs > 1 and "num_outputs" not in names:
         raise ModelError(
@@ -290,7 +299,14 @@ def example_inputs(cutoff: float):
 def load(directory: str | os.PathLike) -> Potential:
     """Load a model directory written by :meth:`Potential.save` (or a run directory that holds
     one in ``model/``). A model whose class is not a registered family is imported from the
-    module (or source file) recorded at save time. Every problem is one ModelError line."""
+    module (or source file) recorded at save time. A directory written by ``nnpes export``
+    gives an :class:`nnpes.exported.ExportedPotential` instead, which runs the saved programs
+    without importing any model code. Every problem is one ModelError line."""
+    from nnpes import exported
+
+    if exported.is_export(directory):
+        return exported.load(directory)
+    from nnpes import electrostatics, zbl  # noqa: F401  (their term kinds registered before terms are read)
     from nnpes.model_files import load as _load
 
     return _load(directory)

@@ -90,6 +90,13 @@ class Term(struct.PyTreeNode):
         return cls(**data)
 
 
+def safe_vector(cutoff: float, dtype) -> jnp.ndarray:
+    """The harmless edge vector (0.5·r_c, 0, 0) put in place of padding and out-of-range edges
+    before any norm, so no NaN reaches a gradient (the "double where"). It lives here, outside
+    :mod:`nnpes.models`, because :mod:`nnpes.physics` needs it without importing model code."""
+    return jnp.asarray([0.5 * cutoff, 0.0, 0.0], dtype)
+
+
 TERM_KINDS: dict[str, type[Term]] = {}
 
 

@@ -34,6 +34,11 @@ today: ``"descriptor_mean"`` / ``"descriptor_std"``: per-species mean and standa
 the model's ``descriptors`` method (same call signature, no parameters, (N, F) output), each a
 flat tuple of num_species·F numbers.
 
+**New elements** (fine-tuning, :mod:`nnpes.train.new_species`): a parameter axis of length
+num_species is a species axis (old rows are kept, new elements get fresh ones). A family with
+another axis that grows with num_species (F above) declares ``feature_positions(num_species,
+old_to_new) -> (F,)``: where each of its columns goes in the model with more elements.
+
 **Receptive field.** :func:`receptive_hops`: how many cutoff spheres a site output can see
 (message passing: its number of layers); the locality law of :mod:`nnpes.testing` uses it.
 
@@ -50,6 +55,8 @@ from typing import Annotated, Any
 import flax.linen as nn
 import jax.numpy as jnp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from nnpes.terms import safe_vector  # noqa: F401  (re-exported: part of the contract)
 
 FILLED_FIELDS = ("cutoff", "num_species", "avg_num_neighbors", "num_outputs")
 _FLAX_FIELDS = ("parent", "name")
@@ -103,12 +110,6 @@ def receptive_hops(model) -> int:
     """How many cut-off spheres a site output of ``model`` can see (its receptive field is
     hops·r_c). Modules that do not declare it are taken as strictly local."""
     return int(getattr(model, "receptive_hops", 1))
-
-
-def safe_vector(cutoff: float, dtype) -> jnp.ndarray:
-    """The harmless edge vector (0.5·r_c, 0, 0) put in place of padding and out-of-range edges
-    before any norm, so no NaN reaches a gradient (the "double where")."""
-    return jnp.asarray([0.5 * cutoff, 0.0, 0.0], dtype)
 
 
 def _hints(cls) -> dict[str, Any]:
