@@ -186,6 +186,22 @@ class BehlerParrinello(SiteModel):
                 f"radial_etas has {len(etas)} widths; it needs one per radial shift ({n_shifts}) or one for all"
             )
 
+    def feature_positions(self, num_species: int, old_to_new) -> np.ndarray:
+        """(F,) column of each of this model's descriptors in those of the same model with
+        ``num_species`` elements, old species s being new species ``old_to_new[s]`` (increasing),
+        so fine-tuning with new elements keeps every trained weight (:mod:`nnpes.train.new_species`)."""
+        m = np.asarray(old_to_new)
+        n_rad = len(radial_grid(self)[0])
+        radial = (m[:, None] * n_rad + np.arange(n_rad)).reshape(-1)
+        etas, zetas, lambdas = angular_grid(self)
+        if not zetas.size:
+            return radial
+        block = len(etas) * len(zetas) * len(lambdas)
+        new_pairs = {pair: i for i, pair in enumerate(zip(*species_pairs(num_species)))}
+        pairs = np.array([new_pairs[(m[a], m[b])] for a, b in zip(*species_pairs(self.num_species))])
+        angular = num_species * n_rad + (pairs[:, None] * block + np.arange(block)).reshape(-1)
+        return np.concatenate([radial, angular])
+
     def descriptors(self, vectors, species, senders, receivers, edge_mask):
         """Element-resolved symmetry functions of every atom.
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nnpes.errors import ConfigError
+from nnpes.train.config_finetune import FinetuneConfig, with_base_model
 from nnpes.train.config_terms import ElectrostaticsConfig, TermsConfig, ZBLConfig  # noqa: F401  (re-exported)
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -132,12 +133,14 @@ class Config(BaseModel):
     workdir: str = "runs/default"
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
+    init_from: str | None = Field(None, description="a trained model (or run) directory to fine-tune")
     data: DataConfig | None = None
     model: Any = Field(default_factory=lambda: model_section({"family": "nequip"}))
     terms: TermsConfig = TermsConfig()
     loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     training: TrainingConfig = TrainingConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
     @field_validator("model", mode="before")
     @classmethod
@@ -276,6 +279,7 @@ def load_config(
         _set_override(raw, key, value, source)
     if workdir is not None:
         raw["workdir"] = os.path.abspath(workdir)
+    raw = with_base_model(raw, source)  # init_from: the architecture is the base model's
     try:
         config = Config.model_validate(raw)
     except ValidationError as e:
@@ -324,7 +328,7 @@ def _at_line(source: str, lines: dict[str, int], err: ValidationError) -> str:
     return source
 
 
-_PATH_KEYS = ("workdir", "data.train", "data.validation", "data.test", "data.isolated_atoms")
+_PATH_KEYS = ("workdir", "init_from", "data.train", "data.validation", "data.test", "data.isolated_atoms")
 
 
 def _resolve_path(p, base: str):
@@ -344,8 +348,9 @@ def _resolve_paths(raw: Any, base: str) -> Any:
     if not isinstance(raw, dict):
         return raw
     raw = dict(raw)
-    if "workdir" in raw:
-        raw["workdir"] = _resolve_path(raw["workdir"], base)
+    for key in ("workdir", "init_from"):
+        if key in raw:
+            raw[key] = _resolve_path(raw[key], base)
     if isinstance(raw.get("data"), dict):
         data = dict(raw["data"])
         for key in ("train", "validation", "test", "isolated_atoms"):

@@ -14,6 +14,7 @@ from nnpes.train.config import (
     Config,
     DataConfig,
     ElectrostaticsConfig,
+    FinetuneConfig,
     LossConfig,
     OptimizerConfig,
     TrainingConfig,
@@ -77,6 +78,7 @@ def reference_markdown() -> str:
         ("training", TrainingConfig),
         ("terms.electrostatics", ElectrostaticsConfig),
         ("terms.zbl", ZBLConfig),
+        ("finetune", FinetuneConfig),
     ):
         lines += rows(cls, f"{section}.")
     for family, cls in FAMILIES.items():

@@ -26,6 +26,7 @@ from nnpes.evaluate import error_metrics, predict_graphs, validation_loss
 from nnpes.potential import Potential
 from nnpes.train.callbacks import VAL_COLUMNS, Callback
 from nnpes.train.config import Config, load_config
+from nnpes.train.finetune import finetune_potential, run_config
 from nnpes.train.session import Inputs, Session, batch, save_checkpoint, setup
 from nnpes.train.setup import (
     build_potential,
@@ -180,11 +181,11 @@ def _execute(
     t_start = clock()
     check_dtype(cfg)
     workdir = prepare_workdir(cfg)
-    potential, report, train_frames, val_frames, test_frames = inputs()
+    potential, report, train_frames, val_frames, test_frames, *added = inputs()
     # long-range terms fix their k grids (static shapes) for every structure the run evaluates
     potential = potential.for_structures(list(train_frames) + list(val_frames) + list(test_frames))
-    prepared = (potential, report, train_frames, val_frames, test_frames)
-    session, state = setup(cfg, workdir, prepared, callbacks, t_start, clock)
+    prepared = (potential, report, train_frames, val_frames, test_frames, *added)
+    session, state = setup(run_config(cfg), workdir, prepared, callbacks, t_start, clock)
     try:
         state, stop_reason = run(session, state)
         result = finish(session, state, stop_reason)
@@ -209,6 +210,9 @@ def train(cfg: Config, config_path: str | None = None, callbacks: Sequence[Callb
 
     def inputs() -> Inputs:
         train_frames, val_frames, test_frames = load_datasets(cfg)
+        if cfg.init_from is not None:  # fine-tuning: the base model, grown to the data's elements
+            potential, report, added = finetune_potential(cfg, train_frames, val_frames)
+            return potential, report, train_frames, val_frames, test_frames, added
         potential, report = build_potential(cfg, train_frames, val_frames)
         return potential, report, train_frames, val_frames, test_frames
 
@@ -235,6 +239,8 @@ def _potential(
 ) -> tuple[Potential, str]:
     if isinstance(model_or_potential, Potential):
         pot = model_or_potential
+        if ensemble >= 2 and ensemble != pot.members:
+            raise ConfigError(f"ensemble: {ensemble} members asked for, the given potential has {pot.members}")
         if cutoff is not None and float(cutoff) != pot.cutoff:
             raise ConfigError(f"cutoff: {cutoff} Å differs from the given potential's {pot.cutoff} Å")
         report = f"E0 ({pot.e0_method}) and scale of the given potential; mean neighbours {pot.avg_num_neighbors:.2f}"

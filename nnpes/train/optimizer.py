@@ -10,9 +10,15 @@ spent or of the step budget, whichever is further along, so a 150 s run decays t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
+from nnpes.errors import ConfigError
 from nnpes.train.config import OptimizerConfig
 
 
@@ -78,3 +84,69 @@ def make_optimizer(cfg: OptimizerConfig, steps_per_epoch: int) -> optax.Gradient
             )
         )
     return optax.chain(*parts)
+
+
+def parameter_names(params) -> list[str]:
+    """'/'-joined path of every parameter leaf below the ``params`` collection, in leaf order,
+    e.g. ``layer_0/self_connection/w[0,0] 16x0e,16x0e``."""
+    names = []
+    for path, _ in jax.tree_util.tree_leaves_with_path(params):
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        names.append("/".join(keys[1:] if keys and keys[0] == "params" else keys))
+    return names
+
+
+def trainable_mask(params, freeze: Sequence[str], added: Any = None) -> Any:
+    """Which parameter entries the optimiser may change (``finetune.freeze``).
+
+    Args:
+        params: flax variables.
+        freeze: flax module names or '/'-joined paths below ``params`` (see :func:`parameter_names`);
+            a name freezes every parameter under it.
+        added: None, or a pytree like ``params`` with a bool array (or False) per leaf marking the
+            entries that are new (rows of elements the base model did not know); those train
+            even inside a frozen module, since nothing has fitted them yet.
+    Returns:
+        None when nothing is frozen, else a pytree like ``params`` of True (trains), False
+        (frozen) or a bool array (the entries that train).
+    Raises:
+        ConfigError: a name matching no parameter (listing the top-level names), or a freeze of everything.
+    """
+    if not freeze:
+        return None
+    names = parameter_names(params)
+    wanted = [n.strip("/") for n in freeze]
+    for name, given in zip(wanted, freeze):
+        if not any(p == name or p.startswith(name + "/") for p in names):
+            top = sorted({p.split("/")[0] for p in names})
+            raise ConfigError(
+                f"finetune.freeze: {given!r} names no parameter of the model; top-level names: {', '.join(top)}"
+            )
+    frozen = [any(p == n or p.startswith(n + "/") for n in wanted) for p in names]
+    news = jax.tree.leaves(added) if added is not None else [False] * len(names)
+    leaves = [True if not f else (np.asarray(a, bool) if np.any(a) else False) for f, a in zip(frozen, news)]
+    if all(leaf is False for leaf in leaves):
+        raise ConfigError(f"finetune.freeze: {', '.join(freeze)} freezes every parameter; nothing would train")
+    return jax.tree.unflatten(jax.tree.structure(params), leaves)
+
+
+def keep_trainable(tree, trainable, frozen_value):
+    """``tree`` where ``trainable`` allows, ``frozen_value`` (a pytree like it) elsewhere."""
+    if trainable is None:
+        return tree
+    pick = lambda x, f, t: x if t is True else f if t is False else jnp.where(t, x, f)  # noqa: E731
+    return jax.tree.map(pick, tree, frozen_value, trainable)
+
+
+def masked(optimizer: optax.GradientTransformation, trainable) -> optax.GradientTransformation:
+    """``optimizer`` whose gradients and directions are zero on frozen entries (``trainable``,
+    :func:`trainable_mask`): Adam never sees their gradients, gradient clipping measures only the
+    trained ones, and a zero direction leaves a frozen parameter bit-identical."""
+    if trainable is None:
+        return optimizer
+
+    def zero_frozen(updates, state, params=None):
+        return keep_trainable(updates, trainable, jax.tree.map(jnp.zeros_like, updates)), state
+
+    mask = optax.GradientTransformation(lambda params: optax.EmptyState(), zero_frozen)
+    return optax.chain(mask, optimizer, mask)

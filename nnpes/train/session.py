@@ -8,6 +8,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,13 +24,15 @@ from nnpes.train import checkpoint
 from nnpes.train.batches import BucketLadder, epoch_batches, fit_ladder, member_batches, shard_batch
 from nnpes.train.callbacks import Callback, CSVWriter, ProgressBar, RunInfo, TensorBoardWriter
 from nnpes.train.config import Config
-from nnpes.train.optimizer import learning_rate_at, make_optimizer, run_progress
+from nnpes.train.optimizer import learning_rate_at, make_optimizer, masked, run_progress, trainable_mask
 from nnpes.train.setup import check_dtype, residual_graphs, warn_untrained_labels
 from nnpes.train.state import TrainState, init_state
 from nnpes.train.step import make_train_step
 
-Inputs = tuple[Potential, str, list[Frame], list[Frame], list[Frame]]
-"""(potential, statistics report, train, validation, test frames): what set-up starts from."""
+Inputs = tuple[Potential, str, list[Frame], list[Frame], list[Frame]] | tuple[Potential, str, list, list, list, Any]
+"""(potential, statistics report, train, validation, test frames[, added]): what set-up starts
+from; ``added`` (fine-tuning) marks the parameter entries that are new, which train even inside
+a frozen module (:func:`nnpes.train.new_species.grow_species`)."""
 
 
 @dataclasses.dataclass
@@ -94,7 +97,7 @@ def setup(
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[Session, TrainState]:
     """Graphs, optimiser, jitted step and the (restored) state; calls ``on_start``."""
-    potential, report, train_frames, val_frames, test_frames = inputs
+    potential, report, train_frames, val_frames, test_frames, *added = inputs
     warn_units([*train_frames, *val_frames, *test_frames])  # kbar stress, kcal/mol energies: say so now
     warn_untrained_labels(cfg, train_frames)  # stress in the data, stress_weight 0: say so now
     for f in test_frames:  # evaluated only at the end: an element the model cannot know must fail now
@@ -106,11 +109,11 @@ def setup(
     batch_size = max(t.batch_size, n_dev)
     steps_per_epoch = math.ceil(len(train_graphs) / batch_size)
     total_steps = t.max_steps if t.max_steps is not None else t.max_epochs * steps_per_epoch
-    optimizer = make_optimizer(cfg.optimizer, steps_per_epoch)
+    optimizer, trainable = _optimizer(cfg, potential.params, steps_per_epoch, added[0] if added else None)
     weights = {"energy": cfg.loss.energy_weight, "forces": cfg.loss.forces_weight, "stress": cfg.loss.stress_weight}
     weights["dipole"] = cfg.loss.dipole_weight
     step_fn = make_train_step(
-        potential, optimizer, weights, cfg.loss.kind, cfg.loss.huber_delta, cfg.optimizer.ema_decay
+        potential, optimizer, weights, cfg.loss.kind, cfg.loss.huber_delta, cfg.optimizer.ema_decay, trainable
     )
     writers: list[Callback] = [CSVWriter(workdir)]
     if t.tensorboard:
@@ -165,6 +168,12 @@ def setup(
         ),
     )
     return session, state
+
+
+def _optimizer(cfg: Config, params, steps_per_epoch: int, added) -> tuple:
+    """The optimiser, frozen entries (``finetune.freeze``) masked, and the trainable mask (None: all)."""
+    trainable = trainable_mask(params, cfg.finetune.freeze, added)
+    return masked(make_optimizer(cfg.optimizer, steps_per_epoch), trainable), trainable
 
 
 def _data_sharding(n_dev: int, members: int = 0):

@@ -146,9 +146,14 @@ def build_potential(cfg: Config, train: Sequence[Frame], extra: Sequence[Frame] 
         members=getattr(cfg.model, "ensemble", 0),
     )  # fmt: skip
     if d is not None:  # the model remembers where its labels were, for `nnpes evaluate`
-        keys = {"energy": d.energy_key, "forces": d.forces_key, "stress": d.stress_key, "virial": d.virial_key}
-        potential = potential.replace(label_keys=tuple(sorted(keys.items())))
+        potential = potential.replace(label_keys=data_label_keys(d))
     return potential, report
+
+
+def data_label_keys(d: DataConfig) -> tuple[tuple[str, str], ...]:
+    """The (label, key) pairs a potential trained on ``d`` remembers (``Potential.label_keys``)."""
+    keys = {"energy": d.energy_key, "forces": d.forces_key, "stress": d.stress_key, "virial": d.virial_key}
+    return tuple(sorted(keys.items()))
 
 
 def residual_graphs(potential: Potential, frames: Sequence[Frame]) -> list[FrameGraph]:

@@ -13,6 +13,7 @@ from nnpes import compilation
 from nnpes.physics import energy_forces_stress
 from nnpes.potential import Potential
 from nnpes.train.loss import combine, error_sums
+from nnpes.train.optimizer import keep_trainable
 from nnpes.train.state import TrainState
 
 
@@ -23,6 +24,7 @@ def make_train_step(
     kind: str = "mse",
     delta: float = 0.01,
     ema_decay: float | None = None,
+    trainable=None,
 ) -> Callable[[TrainState, jraph.GraphsTuple, jax.Array], tuple[TrainState, dict]]:
     """A jitted step over a batch whose leading axis holds one padded graph per device shard.
 
@@ -34,6 +36,10 @@ def make_train_step(
     it is the same number however many devices share the batch. Metrics: ``loss``
     (dimensionless weighted sum), ``grad_norm`` and ``{energy,forces,stress}_mse`` ((eV/atom)²,
     (eV/Å)², (eV/Å³)²). Each trace is counted as ``compilation.count("train_step")``.
+
+    ``trainable`` (:func:`nnpes.train.optimizer.trainable_mask`; None: everything trains) keeps
+    the EMA of frozen entries equal to the parameters (d·p + (1 − d)·p is not always p in
+    floating point); the optimiser itself must already be :func:`~nnpes.train.optimizer.masked`.
     """
     use_stress = bool(weights.get("stress"))
 
@@ -63,6 +69,7 @@ def make_train_step(
             # warm-up of the EMA decay so early parameters do not dominate
             d = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
             ema = jax.tree.map(lambda e, p: (d * e + (1 - d) * p).astype(p.dtype), ema, new_params)
+            ema = keep_trainable(ema, trainable, new_params)
         else:
             ema = new_params
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
