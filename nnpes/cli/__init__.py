@@ -12,10 +12,10 @@ import signal
 import sys
 import warnings
 
-from nnpes.cli import evaluate, md, train
+from nnpes.cli import evaluate, export, learn, md, train
 from nnpes.errors import LabelWarning, NnpesError
 
-VERBS = (train, evaluate, md)  # modules with register(subparsers)
+VERBS = (train, evaluate, md, export, learn)  # modules with register(subparsers)
 
 
 class _Parser(argparse.ArgumentParser):
