@@ -11,7 +11,8 @@
 * ``tests/distributed/checks.py`` (the multi-device checks, in a child process with 8 forced
   host devices) is started as soon as collection ends when ``test_distributed.py`` is selected,
   and its tests are moved to the end of the session, so its compilations run on the second core
-  while the other tests run;
+  while the other tests run (under pytest-xdist, as CI runs the suite, the worker that gets them
+  starts it and runs them first);
   ``distributed_checks`` waits for it (no polling) and returns its JSON.
 * ``shared_data`` is the reference-data directory ``../shared/data`` next to the repository;
   tests that need it are skipped when it is absent.
@@ -43,14 +44,25 @@ DISTRIBUTED_DEVICES = 8
 DISTRIBUTED_TIMEOUT_S = 3600  # a hung child fails the test instead of the whole CI run
 
 
+def _xdist_worker() -> bool:
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
 def pytest_collection_modifyitems(config, items):
-    """The multi-device tests last: their child process then runs alongside all the others."""
-    items.sort(key=lambda item: Path(str(item.fspath)).name == "test_distributed.py")
+    """The multi-device tests last: their child process then runs alongside all the others. Under
+    pytest-xdist (``-n 2 --dist loadfile``) they come first instead: the worker that gets them
+    starts the child and waits for it while the other worker runs the rest."""
+    items.sort(key=lambda item: (Path(str(item.fspath)).name == "test_distributed.py") != _xdist_worker())
 
 
 def pytest_collection_finish(session):
-    if not any(Path(str(item.fspath)).name == "test_distributed.py" for item in session.items):
+    if _xdist_worker():  # every worker collects everything: the one that runs the tests starts it
         return
+    if any(Path(str(item.fspath)).name == "test_distributed.py" for item in session.items):
+        _start_distributed_checks(session.config)
+
+
+def _start_distributed_checks(config) -> None:
     out = Path(tempfile.mkdtemp(prefix="nnpes-distributed-"))
     env = {
         **os.environ,
@@ -62,7 +74,7 @@ def pytest_collection_finish(session):
         [sys.executable, str(REPO_ROOT / "tests" / "distributed" / "checks.py"), str(out / "checks.json")],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
     )  # fmt: skip
-    session.config.stash[_DISTRIBUTED] = (proc, out, log)
+    config.stash[_DISTRIBUTED] = (proc, out, log)
 
 
 _DISTRIBUTED = pytest.StashKey()
@@ -70,7 +82,9 @@ _DISTRIBUTED = pytest.StashKey()
 
 @pytest.fixture(scope="session")
 def distributed_checks(request) -> dict:
-    """The JSON of tests/distributed/checks.py (started at the end of collection)."""
+    """The JSON of tests/distributed/checks.py (started at the end of collection, or now)."""
+    if _DISTRIBUTED not in request.config.stash:
+        _start_distributed_checks(request.config)
     proc, out, log = request.config.stash[_DISTRIBUTED]
     proc.wait(timeout=DISTRIBUTED_TIMEOUT_S)
     log.close()

@@ -23,21 +23,22 @@ def ensemble(trained_ensemble):
     return nnpes.load(trained_ensemble)
 
 
-def _run(ensemble, temperature_k: float, **options):
+def _run(ensemble, temperature_k: float, backend: str = "ase", **options):
     atoms = ase.io.read(ETHANOL_TEST, index=0)
     config = MDConfig(ensemble="nvt", temperature_k=temperature_k, tau_t_fs=20.0, every=50, seed=1, **options)
-    return run_md(ensemble, atoms, 600, config, backend="jax-md")
+    return run_md(ensemble, atoms, 600, config, backend=backend)
 
 
-def test_alarm_quiet_at_300_k_and_fires_at_1500_k(ensemble, recwarn):
+@pytest.mark.parametrize("backend", ["ase", "jax-md"])
+def test_alarm_quiet_at_300_k_and_fires_at_1500_k(ensemble, recwarn, backend):
     threshold = ensemble.force_std_alarm_ev_a  # fitted on the validation frames at training
-    cool = _run(ensemble, 300.0)
+    cool = _run(ensemble, 300.0, backend)
     assert cool.uncertainty_threshold_ev_a == threshold
     assert cool.force_std_ev_a.shape == cool.epot.shape
     assert np.all(cool.force_std_ev_a < threshold) and len(cool.uncertain()) == 0
     assert not [w for w in recwarn if issubclass(w.category, UncertaintyWarning)]
 
-    hot = _run(ensemble, 1500.0)
+    hot = _run(ensemble, 1500.0, backend)
     assert hot.temperature_k[len(hot.temperature_k) // 2 :].mean() > 900
     assert np.any(hot.force_std_ev_a > threshold) and len(hot.uncertain()) > 0
     warned = [w for w in recwarn if issubclass(w.category, UncertaintyWarning)]

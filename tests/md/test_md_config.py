@@ -32,6 +32,8 @@ def test_md_options_is_the_validated_config_with_the_same_fields_and_defaults():
         "capacity_multiplier": 1.5,
         "every": 10,
         "max_temperature_k": None,
+        "uncertainty_threshold_ev_a": None,
+        "stop_on_uncertainty": False,
     }
     assert MDOptions(ensemble="nvt", dt_fs=0.5).ensemble == "nvt"
     assert options.replace(dt_fs=1.0).dt_fs == 1.0 and options.dt_fs == 0.5

@@ -85,6 +85,8 @@ def test_every_shipped_config_validates():
     configs = sorted(p for p in os.listdir(os.path.join(ROOT, "configs")) if p.endswith(".yaml"))
     assert "quickstart.yaml" in configs
     for name in configs:
+        if name.startswith("learn_"):  # nnpes learn configs: tests/learn validates them
+            continue
         try:
             cfg = load_config(os.path.join(ROOT, "configs", name))
         except ConfigError as e:
