@@ -234,6 +234,7 @@ def _parse_nnpes(argv: list[str]) -> argparse.Namespace:
 
 
 def _check_nnpes_command(argv: list[str], written: list[Path]) -> None:
+    from nnpes.errors import ConfigError
     from nnpes.train.config import load_config
 
     args = _parse_nnpes(argv)
@@ -247,13 +248,30 @@ def _check_nnpes_command(argv: list[str], written: list[Path]) -> None:
                 f"{command}: {name} {path!r} is neither in the repository nor written by an earlier command"
             )
     if args.command in ("train", "config") and args.config is not None:
-        config = load_config(args.config, args.overrides, workdir=getattr(args, "workdir", None))
+        try:
+            config = load_config(args.config, args.overrides, workdir=getattr(args, "workdir", None))
+        except ConfigError as e:
+            if not ("file not found" in str(e) and "shared/data" in str(e)):
+                raise
+            config = _config_without_data(args)  # reference data absent on this machine: the rest still checked
         if args.command == "train":
             workdir = Path(config.workdir)  # resolved: absolute
             written.append(Path(os.path.relpath(workdir, REPO_ROOT)) if workdir.is_absolute() else workdir)
     for name in OUTPUT_ARGS:
         if getattr(args, name, None):
             written.append(Path(getattr(args, name)))
+
+
+def _config_without_data(args: argparse.Namespace):
+    """The config of a ``nnpes train`` command validated without its ``data`` section (whose
+    files are in ../shared/data), the work directory resolved as load_config resolves it."""
+    from nnpes.train.config import load_config
+
+    raw = yaml.safe_load(Path(args.config).read_text())
+    raw.pop("data", None)
+    base = Path(args.config).resolve().parent
+    workdir = getattr(args, "workdir", None) or str(base / raw.pop("workdir", "runs/default"))
+    return load_config(raw=raw, workdir=workdir)
 
 
 def _check_bash_block(block: Block, monkeypatch) -> None:
