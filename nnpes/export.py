@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +31,7 @@ from nnpes.exported import (
     is_export,
     program_file,
 )
+from nnpes.model_files import write_directory
 from nnpes.physics import energy_forces_stress, site_energies_from_vectors
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # jax.export's lowering platforms
@@ -257,27 +256,9 @@ def _exported(name: str, fn, dtype: str, platforms) -> jax.export.Exported:
 
 
 def _write(out: str, files: dict[str, bytes]) -> None:
-    """Write ``files`` as the directory ``out`` atomically: a temporary directory beside it,
-    then one rename (a reader never sees a half-written export)."""
+    """Write ``files`` as the directory ``out`` atomically (a reader never sees a half-written export)."""
     check_replaceable(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
-    try:
-        for name, data in files.items():
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(data)
-        os.chmod(tmp, 0o755)
-    except BaseException:  # a failed export leaves the previous one and no half-written copy
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if os.path.exists(out):
-        old = tempfile.mkdtemp(prefix=".old-export-", dir=parent)
-        os.replace(out, os.path.join(old, "x"))
-    os.replace(tmp, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    write_directory(out, files)
 
 
 def check_replaceable(out: str) -> None:

@@ -78,25 +78,36 @@ def save(potential, directory: str | os.PathLike) -> None:
     An existing model directory is replaced whole; any other existing path (a file, a non-empty
     directory without potential.json) is refused with a ModelError, never overwritten."""
     directory = os.path.abspath(os.fspath(directory))
-    parent = os.path.dirname(directory)
     _check_replaceable(directory)
     meta = potential_metadata(potential)
+    params = jax.tree.map(np.asarray, potential.params)
+    files = {
+        "potential.json": json.dumps(meta, indent=2).encode(),
+        "params.msgpack": flax.serialization.to_bytes(params),
+    }
+    write_directory(directory, files)
+
+
+def write_directory(directory: str, files: dict[str, bytes]) -> None:
+    """Write ``files`` ({name: bytes}) as the directory ``directory`` atomically: a temporary
+    directory beside it, then one rename, so a reader never sees a half-written one and a failed
+    write leaves the previous one; an existing directory is replaced whole (callers check first
+    that it may be: model directories here, exports in :mod:`nnpes.export`)."""
+    parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-model-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
     try:
-        with open(os.path.join(tmp, "potential.json"), "w") as f:
-            json.dump(meta, f, indent=2)
-        params = jax.tree.map(np.asarray, potential.params)
-        with open(os.path.join(tmp, "params.msgpack"), "wb") as f:
-            f.write(flax.serialization.to_bytes(params))
+        for name, data in files.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
         os.chmod(tmp, 0o755)
-    except BaseException:  # a failed save leaves the previous model and no half-written copy
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
     if os.path.exists(directory):
-        old = tempfile.mkdtemp(prefix=".old-model-", dir=parent)
-        os.replace(directory, os.path.join(old, "m"))
+        old = tempfile.mkdtemp(prefix=".old-", dir=parent)
+        os.replace(directory, os.path.join(old, "d"))
     os.replace(tmp, directory)
     if old:
         shutil.rmtree(old, ignore_errors=True)
