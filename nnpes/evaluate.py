@@ -61,12 +61,10 @@ def _evaluate(potential: Potential, batch, compute_stress: bool) -> tuple[dict, 
     ensemble's prediction, equal to what :func:`nnpes.physics.evaluate` gives."""
     if not potential.members:
         return jax.device_get(evaluate(potential, batch, compute_stress=compute_stress)), None
-    from nnpes.uncertainty import evaluate_members, spread
+    from nnpes.uncertainty import evaluate_ensemble
 
-    members = jax.device_get(evaluate_members(potential, batch, compute_stress=compute_stress))
-    mean = {k: np.mean(v, axis=0) for k, v in members.items()}
-    # the spread of interaction energies: the members share E0, and float32 totals lose digits
-    return mean, spread(np.asarray(members["interaction_energy"], np.float64), members["forces"], potential.calibration)
+    mean, (e_std, f_std) = jax.device_get(evaluate_ensemble(potential, batch, compute_stress=compute_stress))
+    return mean, (np.asarray(e_std, np.float64), f_std)
 
 
 def error_metrics(frames: Sequence[Frame], predictions: Sequence[dict]) -> dict:

@@ -6,7 +6,8 @@ members' mean; the uncertainty of the energy (eV) and of every force component (
 members' standard deviation times a calibration factor fitted on validation data so that
 predicted variances match observed squared errors (:func:`calibrate`). Every path that reports
 an uncertainty (``nnpes evaluate``, the ASE calculator, the jax-md adaptor, the MD alarm) uses
-:func:`spread`; the members are evaluated by :func:`member_outputs`.
+:func:`spread`; the members are evaluated by :func:`member_outputs` (:func:`ensemble_outputs`:
+their mean and spread, for evaluation and the calculator).
 """
 
 from __future__ import annotations
@@ -29,8 +30,18 @@ def member_outputs(potential, graph, compute_stress: bool = False) -> dict:
     return jax.vmap(lambda p: energy_forces_stress(single.replace(params=p), graph, compute_stress))(single.params)
 
 
-evaluate_members = jax.jit(member_outputs, static_argnames=("compute_stress",))
-"""Jitted :func:`member_outputs`."""
+def ensemble_outputs(potential, graph, compute_stress: bool = False) -> tuple[dict, tuple]:
+    """An ensemble's prediction and uncertainty from its members (:func:`member_outputs`): the
+    members' mean of every output of :func:`nnpes.physics.energy_forces_stress`, and the
+    calibrated (energy σ (G,) eV, forces σ (N, 3) eV/Å) of their spread. The energy σ is that of
+    the interaction energies: the members share E0, and float32 totals would lose its digits."""
+    members = member_outputs(potential, graph, compute_stress)
+    mean = jax.tree.map(lambda v: jnp.mean(v, axis=0), members)
+    return mean, spread(members["interaction_energy"], members["forces"], potential.calibration)
+
+
+evaluate_ensemble = jax.jit(ensemble_outputs, static_argnames=("compute_stress",))
+"""Jitted :func:`ensemble_outputs`."""
 
 
 def spread(energies, forces, calibration=(1.0, 1.0)):

@@ -25,7 +25,7 @@ from nnpes.errors import ModelError
 from nnpes.memory import check_fits, compiled_bytes
 from nnpes.physics import energy_forces_stress
 from nnpes.potential import Potential, load
-from nnpes.uncertainty import member_outputs, spread
+from nnpes.uncertainty import ensemble_outputs
 
 _SOURCE = "ase.Atoms"  # what errors about the calculator's structure name
 
@@ -73,9 +73,7 @@ def _compiled(treedef, signature: tuple, n_node: int, n_edge: int, stress: bool,
             graph = _graph(*arrays, n_node, n_edge)
             potential = jax.tree.unflatten(treedef, leaves)
             if potential.members:  # an ensemble: the members' mean, and their spread after everything else
-                members = member_outputs(potential, graph, compute_stress=stress)
-                out = jax.tree.map(lambda v: jnp.mean(v, axis=0), members)
-                e_std, f_std = spread(members["interaction_energy"], members["forces"], potential.calibration)
+                out, (e_std, f_std) = ensemble_outputs(potential, graph, compute_stress=stress)
             else:
                 out = energy_forces_stress(potential, graph, compute_stress=stress)
             # one flat output, one device-to-host copy: E_int, forces, site energies (, charges, stress, σ)
