@@ -2,7 +2,14 @@
 distribution.
 
     .venv/bin/python benchmarks/uncertainty.py [--config configs/rmd17_ethanol_ensemble.yaml]
-        [--budget S] [--workdir DIR] [--json FILE] [--plot PNG]
+        [--budget S] [--workdir DIR] [--json FILE] [--plot PNG] [--compare JSON ...]
+
+The deep and the shallow ensemble side by side (the README's table and plot):
+
+    .venv/bin/python benchmarks/uncertainty.py --config configs/rmd17_ethanol_shallow.yaml \
+        --workdir runs/uncertainty_shallow --json benchmarks/results/uncertainty_shallow.json \
+        --plot benchmarks/results/uncertainty_shallow.png
+    .venv/bin/python benchmarks/uncertainty.py --compare benchmarks/results/uncertainty_shallow.json
 
 Trains ``configs/rmd17_ethanol_ensemble.yaml`` (4 NequIP members trained side by side on 100
 rMD17 ethanol frames, calibrated on 50 validation frames; ``--budget`` overrides its wall-clock
@@ -17,7 +24,8 @@ budget, s), then evaluates the calibrated ensemble:
   normal-mode scans (Spearman between |displacement| and σ_E).
 
 Prints a table, writes JSON (default ``benchmarks/results/uncertainty.json``) and the
-calibration plot (default ``benchmarks/results/uncertainty_calibration.png``).
+calibration plot (default ``benchmarks/results/uncertainty_calibration.png``; ``--compare``
+adds the test-set calibration of earlier runs' JSON files to it).
 """
 
 from __future__ import annotations
@@ -83,6 +91,13 @@ def _evaluate(potential, test_path: str) -> tuple[list[dict], dict]:
     return rows, details
 
 
+def _label(cfg) -> str:
+    """E.g. "deep ensemble, 4 nequip networks" or "shallow ensemble, 8 heads of one nequip network"."""
+    kind, m = getattr(cfg.model, "ensemble_kind", "deep"), cfg.model.ensemble
+    family = cfg.model.family
+    return f"deep ensemble, {m} {family} networks" if kind == "deep" else f"shallow ensemble, {m} heads of one {family}"
+
+
 def _print(rows: list[dict]) -> None:
     head = f"{'set':32s} {'frames':>6s} {'σ_E meV':>9s} {'σ_F meV/Å':>10s} {'F MAE meV/Å':>11s} {'Spearman':>9s}"
     print(head)
@@ -102,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=os.path.join(ROOT, "runs", "uncertainty"))
     ap.add_argument("--json", default=os.path.join(RESULTS, "uncertainty.json"))
     ap.add_argument("--plot", default=os.path.join(RESULTS, "uncertainty_calibration.png"))
+    ap.add_argument("--compare", nargs="*", default=[], help="earlier runs' JSON: their calibration in the plot too")
     args = ap.parse_args(argv)
     if not os.path.isdir(BOTNET):
         sys.exit(f"reference data not found: {BOTNET}")
@@ -119,11 +135,17 @@ def main(argv=None) -> int:
     }
     print("checks:", json.dumps(checks))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    calibration_plot([("rMD17 ethanol test", details["test"]["uncertainty"])], args.plot)
+    series = [(_label(cfg), details["test"]["uncertainty"])]
+    for path in args.compare:
+        with open(path) as f:
+            earlier = json.load(f)
+        series.append((earlier.get("label", path), earlier["details"]["test"]["uncertainty"]))
+    calibration_plot(series, args.plot)
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "config": os.path.relpath(args.config, ROOT),
+        "label": _label(cfg),
         "training": {"steps": result.step, "elapsed_s": result.elapsed_s, "stop_reason": result.stop_reason},
         "calibration": list(potential.calibration),
         "force_std_alarm_ev_a": potential.force_std_alarm_ev_a,

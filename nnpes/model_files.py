@@ -67,6 +67,7 @@ def potential_metadata(potential) -> dict:
         "terms": terms_to_json(potential.terms),
         "label_keys": dict(potential.label_keys),
         "ensemble_members": potential.members,
+        "ensemble_kind": "shallow" if potential.shallow else "deep",
         "uncertainty_calibration": list(potential.calibration),
         "force_std_alarm_ev_a": potential.force_std_alarm_ev_a,
     }
@@ -236,7 +237,7 @@ def check_weights_fit(model, params, cutoff: float, params_path: str, members: i
 def load(directory: str | os.PathLike):
     """See :func:`nnpes.load`."""
     from nnpes.models.base import validate_hyperparameters  # here: nnpes.potential imports this module
-    from nnpes.potential import Potential, fill_model, num_outputs_for
+    from nnpes.potential import Potential, fill_model, outputs_per_atom
 
     directory, meta = _read_metadata(os.fspath(directory))
     meta_path = os.path.join(directory, "potential.json")
@@ -250,11 +251,11 @@ def load(directory: str | os.PathLike):
     params_path = os.path.join(directory, "params.msgpack")
     params = _restore_params(params_path)
     terms = terms_from_json(meta.get("terms", []), meta_path)
-    model = fill_model(
-        model, meta["cutoff_a"], len(meta["atomic_numbers"]), meta["avg_num_neighbors"], num_outputs_for(terms)
-    )
     members = int(meta.get("ensemble_members", 0))
-    check_weights_fit(model, params, meta["cutoff_a"], params_path, members)
+    shallow = meta.get("ensemble_kind", "deep") == "shallow"
+    outputs = outputs_per_atom(terms, members, shallow)
+    model = fill_model(model, meta["cutoff_a"], len(meta["atomic_numbers"]), meta["avg_num_neighbors"], outputs)
+    check_weights_fit(model, params, meta["cutoff_a"], params_path, 0 if shallow else members)
     return Potential.create(
         model,
         meta["atomic_numbers"],
@@ -267,6 +268,7 @@ def load(directory: str | os.PathLike):
         terms=terms,
         label_keys=meta.get("label_keys", {}),
         members=members,
+        shallow=shallow,
         calibration=meta.get("uncertainty_calibration", (1.0, 1.0)),
         force_std_alarm_ev_a=meta.get("force_std_alarm_ev_a"),
     )

@@ -42,10 +42,16 @@ class Potential(struct.PyTreeNode):
         label_keys: where the training data kept its labels, as ((label, key), ...) pairs,
             e.g. (("energy", "REF_energy"), ("forces", "REF_forces")); () when unknown.
             ``nnpes evaluate`` reads files with the same keys unless told otherwise.
-        members: 0 for one network; M ≥ 2 for an ensemble of M networks whose parameters are
-            stacked on a leading axis of every leaf. The energy is the members' mean (itself a
-            conservative potential, so MD and forces need nothing else); their spread is the
-            uncertainty (:mod:`nnpes.uncertainty`).
+        members: 0 for one network; M ≥ 2 for an ensemble of M members. The energy is the
+            members' mean (itself a conservative potential, so MD and forces need nothing
+            else); their spread is the uncertainty (:mod:`nnpes.uncertainty`).
+        shallow: how the M members are made. False (a deep ensemble): M networks whose
+            parameters are stacked on a leading axis of every leaf. True (a shallow, last-layer
+            ensemble): one network whose readout has M outputs per atom (``num_outputs`` = M),
+            one site energy per member: the cost of one network, the spread trained by an
+            energy negative log-likelihood (:mod:`nnpes.train.loss`).
+        head_weights: shallow ensembles only: None (the members' mean), or (M,) weights of the
+            members' site energies; :meth:`member_map` sets one-hot rows to evaluate members.
         calibration: (energy, forces) factors that turn the members' standard deviations into
             calibrated ones (fitted on validation data, :func:`nnpes.uncertainty.calibrate`).
         force_std_alarm_ev_a: the MD extrapolation alarm's default threshold on the largest
@@ -64,6 +70,8 @@ class Potential(struct.PyTreeNode):
     members: int = struct.field(pytree_node=False, default=0)
     calibration: tuple[float, float] = struct.field(pytree_node=False, default=(1.0, 1.0))
     force_std_alarm_ev_a: float | None = struct.field(pytree_node=False, default=None)
+    shallow: bool = struct.field(pytree_node=False, default=False)
+    head_weights: jnp.ndarray | None = None
 
     @classmethod
     def create(
@@ -83,6 +91,7 @@ class Potential(struct.PyTreeNode):
         members: int = 0,
         calibration=(1.0, 1.0),
         force_std_alarm_ev_a: float | None = None,
+        shallow: bool = False,
     ) -> Potential:
         """A potential with random weights (or the given ``params``).
 
@@ -101,26 +110,16 @@ class Potential(struct.PyTreeNode):
             terms: further physical terms of the energy.
             label_keys: {label: key} (or pairs) of the data it is trained on, e.g. {"energy": "REF_energy"}.
             members: 0 for one network, M ≥ 2 for an ensemble (member m initialised from seed + m).
+            shallow: the ensemble's members are M readout heads of one network (see the class).
             calibration: (energy, forces) factors of the ensemble's standard deviations.
             force_std_alarm_ev_a: the MD alarm's threshold, eV/Å (None: not fitted).
         """
         numbers = tuple(sorted({int(z) for z in np.asarray(atomic_numbers).reshape(-1)}))
-        if not numbers or numbers[0] < 1 or numbers[-1] > 118:
-            raise ModelError(f"atomic_numbers must be 1..118, got {list(numbers)}")
-        if not cutoff > 0:
-            raise ModelError(f"cutoff must be > 0 Å, got {cutoff}")
-        from nnpes.models.base import validate_hyperparameters  # here: an exported potential needs no model code
-
-        try:
-            validate_hyperparameters(model, "model")
-        except ValueError as e:
-            raise ModelError(str(e)) from None
-        model = fill_model(model, cutoff, len(numbers), avg_num_neighbors, num_outputs_for(terms))
-        if members == 1 or members < 0:
-            raise ModelError(f"members must be 0 (one network) or ≥ 2 (an ensemble), got {members}")
+        _check_arguments(model, numbers, cutoff, terms, members, shallow)
+        model = fill_model(model, cutoff, len(numbers), avg_num_neighbors, outputs_per_atom(terms, members, shallow))
         if params is None:
             init = jax.jit(model.init)  # eager init is slower
-            if members:
+            if members and not shallow:
                 keys = jnp.stack([jax.random.PRNGKey(seed + m) for m in range(members)])
                 params = jax.vmap(init, in_axes=(0,) + (None,) * 5)(keys, *example_inputs(cutoff))
             else:
@@ -140,6 +139,7 @@ class Potential(struct.PyTreeNode):
             members=int(members),
             calibration=(float(calibration[0]), float(calibration[1])),
             force_std_alarm_ev_a=None if force_std_alarm_ev_a is None else float(force_std_alarm_ev_a),
+            shallow=bool(shallow),
         )
 
     def label_key(self, label: str) -> str:
@@ -163,10 +163,12 @@ class Potential(struct.PyTreeNode):
         They are kept apart so that losses compare interaction energies (float32 never
         subtracts two large totals) and totals add Σ E0 in float64 on the host.
         """
-        if self.members:  # an ensemble: the members' mean output (stacked parameters, one vmap)
+        if self.deep_members:  # a deep ensemble: the members' mean output (stacked parameters, one vmap)
             out = jnp.mean(jax.vmap(lambda p: self._network(p, inputs))(params), axis=0)
         else:
             out = self._network(params, inputs)
+        if self.shallow:  # (N, M) heads: their mean, or one member's (member_map)
+            out = jnp.mean(out, axis=1) if self.head_weights is None else out @ self.head_weights.astype(out.dtype)
         if out.ndim == 2:  # charge head: (site output, raw charge)
             out, raw = out[:, 0], out[:, 1]
             charges = conserved_charges(raw, inputs.node_graph, inputs.total_charge, inputs.node_mask)
@@ -183,13 +185,24 @@ class Potential(struct.PyTreeNode):
         uses_mirror = inputs.mirrored and getattr(self.model, "reads_mirrored_edges", False)
         return self.model.apply(*args, mirrored=True) if uses_mirror else self.model.apply(*args)
 
-    def member_potentials(self) -> Potential:
-        """The ensemble as one member-shaped potential whose ``params`` keep the leading member
-        axis: ``jax.vmap(lambda p: f(pot.replace(params=p)))(pot.params)`` evaluates every member
-        (:mod:`nnpes.uncertainty`). Raises ModelError for a single network."""
+    @property
+    def deep_members(self) -> int:
+        """M for a deep ensemble (parameters stacked on a leading member axis), else 0."""
+        return 0 if self.shallow else self.members
+
+    def member_map(self, fn):
+        """``fn(member)`` for every member of the ensemble, as one ``jax.vmap``: each output gets a
+        leading member axis (M, ...). ``fn`` takes a :class:`Potential` that is one member. A deep
+        ensemble maps over its stacked parameters; a shallow one over one-hot head weights, so
+        the shared network runs forward once and only what depends on the head is batched
+        (e.g. M backward passes for M members' forces). Raises ModelError for one network."""
         if not self.members:
             raise ModelError("this potential is one network, not an ensemble (train with model.ensemble: M ≥ 2)")
-        return self.replace(members=0)
+        if self.shallow:
+            heads = jnp.eye(self.members, dtype=self.dtype)
+            return jax.vmap(lambda w: fn(self.replace(head_weights=w)))(heads)
+        single = self.replace(members=0)
+        return jax.vmap(lambda p: fn(single.replace(params=p)))(self.params)
 
     def for_cells(self, cells) -> Potential:
         """The potential with its terms' static grids fixed for these structures' cells
@@ -237,6 +250,27 @@ class Potential(struct.PyTreeNode):
         save(self, directory)
 
 
+def _check_arguments(model, numbers, cutoff, terms, members: int, shallow: bool) -> None:
+    """:meth:`Potential.create`'s checks: one ModelError line for the first problem."""
+    if not numbers or numbers[0] < 1 or numbers[-1] > 118:
+        raise ModelError(f"atomic_numbers must be 1..118, got {list(numbers)}")
+    if not cutoff > 0:
+        raise ModelError(f"cutoff must be > 0 Å, got {cutoff}")
+    from nnpes.models.base import validate_hyperparameters  # here: an exported potential needs no model code
+
+    try:
+        validate_hyperparameters(model, "model")
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+    if members == 1 or members < 0:
+        raise ModelError(f"members must be 0 (one network) or ≥ 2 (an ensemble), got {members}")
+    if shallow and (not members or num_outputs_for(terms) > 1):
+        raise ModelError(
+            "a shallow ensemble needs members ≥ 2 and no latent charges (an electrostatics term), "
+            f"got members={members}, terms {[t.kind for t in terms]}"
+        )
+
+
 def structure_cell(structure) -> np.ndarray:
     """(3, 3) cell rows, Å, of a frame, graph or ``ase.Atoms``: zeros unless periodic in 3-D."""
     pbc = structure.get_pbc() if hasattr(structure, "get_pbc") else getattr(structure, "pbc", (True,) * 3)
@@ -247,6 +281,11 @@ def structure_cell(structure) -> np.ndarray:
 def num_outputs_for(terms) -> int:
     """Outputs per atom the model needs: 2 (site output, raw charge) when a term reads charges."""
     return 2 if any(getattr(t, "needs_charges", False) for t in terms) else 1
+
+
+def outputs_per_atom(terms, members: int = 0, shallow: bool = False) -> int:
+    """The model's ``num_outputs``: M for a shallow ensemble's heads, else :func:`num_outputs_for`."""
+    return int(members) if shallow else num_outputs_for(terms)
 
 
 def fill_model(
@@ -264,8 +303,9 @@ def fill_model(
     names = {f.name for f in dataclasses.fields(model)}
     if num_outputs > 1 and "num_outputs" not in names:
         raise ModelError(
-            f"{type(model).__name__} has no `num_outputs` field, so it cannot predict the charges an "
-            "electrostatics term needs (subclass nnpes.models.SiteModel and return site_outputs(x, num_outputs))"
+            f"{type(model).__name__} has no `num_outputs` field, so it cannot predict {num_outputs} outputs per atom "
+            "(the charges an electrostatics term needs, or a shallow ensemble's heads): subclass "
+            "nnpes.models.SiteModel and return site_outputs(x, num_outputs)"
         )
     return model.clone(**{k: v for k, v in values.items() if k in names and k in FILLED_FIELDS})
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nnpes.physics import energy_forces_stress
+from nnpes.physics import energy_forces_stress, total_energy
 
 _TINY = 1e-12  # a floor for standard deviations (eV, eV/Å) before dividing by them
 
@@ -26,8 +26,22 @@ _TINY = 1e-12  # a floor for standard deviations (eV, eV/Å) before dividing by 
 def member_outputs(potential, graph, compute_stress: bool = False) -> dict:
     """:func:`nnpes.physics.energy_forces_stress` of every member of an ensemble: each value with
     a leading member axis, e.g. energy (M, G) eV and forces (M, N, 3) eV/Å."""
-    single = potential.member_potentials()
-    return jax.vmap(lambda p: energy_forces_stress(single.replace(params=p), graph, compute_stress))(single.params)
+    return potential.member_map(lambda member: energy_forces_stress(member, graph, compute_stress))
+
+
+def member_energies_and_projections(potential, graph, directions):
+    """Every member's interaction energies (M, G) eV (E0 excluded) and forces projected on
+    ``directions`` (N, 3), summed per graph: Σ_i F_i^m · v_i (M, G), eV/Å per unit of v. One
+    forward-mode pass (``jax.jvp``), no backward pass: what a shallow ensemble's likelihood
+    loss reads (its shared network runs once; an unused projection is compiled away)."""
+    positions = graph.nodes["positions"]
+    cell = graph.globals["cell"].astype(positions.dtype)
+
+    def energies(pos):
+        return potential.member_map(lambda member: total_energy(member, pos, cell, graph)[1])
+
+    energy, tangent = jax.jvp(energies, (positions,), (directions.astype(positions.dtype),))
+    return energy, -tangent
 
 
 def ensemble_outputs(potential, graph, compute_stress: bool = False) -> tuple[dict, tuple]:

@@ -111,6 +111,6 @@ def test_single_network_is_refused_where_an_ensemble_is_needed():
 
     pot = nnpes.Potential.create(TINY_MODELS["deepsets"](), [1, 6, 8], 3.0)
     with pytest.raises(nnpes.errors.ModelError, match="not an ensemble"):
-        pot.member_potentials()
+        pot.member_map(lambda member: member)
     with pytest.raises(nnpes.errors.ModelError, match="members must be"):
         nnpes.Potential.create(TINY_MODELS["deepsets"](), [1, 6, 8], 3.0, members=1)

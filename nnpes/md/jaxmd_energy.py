@@ -316,8 +316,7 @@ def _energy_function(potential: Potential, displacement_fn, species, geometry: _
             return jnp.sum(interaction) + jnp.sum(reference)
 
         if members:  # an ensemble's members one by one: (M,) energies, eV
-            single = model.member_potentials()
-            return jax.vmap(lambda p: energy(single.replace(params=p)))(single.params)
+            return model.member_map(energy)
         return energy(model)
 
     energy_fn.calibration = potential.calibration  # what nnpes.md.uncertainty reads

@@ -100,6 +100,13 @@ class SiteModel(nn.Module):
         edge k reversed (:mod:`nnpes.data.neighbors`), and pair quantities may be computed once."""
         return False
 
+    @property
+    def readout_layers(self) -> tuple[str, ...]:
+        """Names (below ``params``, as ``finetune.freeze`` reads them) of the layers that map the
+        last features to the ``num_outputs`` outputs: a shallow ensemble's heads, the only
+        parameters its likelihood loss trains. (): not declared (it then trains every one)."""
+        return ()
+
 
 def site_outputs(x: jnp.ndarray, num_outputs: int) -> jnp.ndarray:
     """A readout's (N, num_outputs) array as the contract returns it: (N,) for one output."""

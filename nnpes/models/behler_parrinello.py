@@ -249,6 +249,11 @@ class BehlerParrinello(SiteModel):
         angular = jnp.einsum("npko,oc->npkc", pair_sums, coeff).reshape(n_node, -1)
         return jnp.concatenate([radial, angular / self.avg_num_neighbors**2], axis=1)
 
+    @property
+    def readout_layers(self) -> tuple[str, ...]:
+        last = len(self.hidden_features)
+        return (f"w{last}", f"b{last}")
+
     @nn.compact
     def __call__(self, vectors, species, senders, receivers, edge_mask):
         x = self.descriptors(vectors, species, senders, receivers, edge_mask)

@@ -52,6 +52,10 @@ class DeepSets(SiteModel):
     phi_features: Annotated[Widths, Field(min_length=1)] = (64, 64)
     rho_features: Widths = (64, 64)
 
+    @property
+    def readout_layers(self) -> tuple[str, ...]:
+        return (f"rho/dense_{len(self.rho_features)}",)
+
     @nn.compact
     def __call__(self, vectors, species, senders, receivers, edge_mask):
         dtype = vectors.dtype

@@ -117,6 +117,10 @@ class MACE(SiteModel):
         return int(self.num_layers)
 
     @property
+    def readout_layers(self) -> tuple[str, ...]:
+        return tuple(f"readout_{i}" for i in range(self.num_layers))  # every layer's readout adds to the output
+
+    @property
     def reads_mirrored_edges(self) -> bool:
         return True
 

@@ -127,6 +127,10 @@ class NequIP(SiteModel):
         return int(self.num_layers)
 
     @property
+    def readout_layers(self) -> tuple[str, ...]:
+        return ("readout",)
+
+    @property
     def reads_mirrored_edges(self) -> bool:
         return True
 

@@ -8,6 +8,7 @@ so the config always matches the code.
 
 from __future__ import annotations
 
+import copy
 import os
 import typing
 from typing import Any, Literal
@@ -41,13 +42,16 @@ class DataConfig(BaseModel):
 
 class LossConfig(BaseModel):
     """Loss = w_E·⟨(ΔE/N)²⟩ + w_F·⟨ΔF²⟩ + w_σ·⟨Δσ²⟩ + w_μ·⟨Δμ²⟩ (eV/atom, eV/Å, eV/Å³, e·Å), or Huber
-    of the same; the dipole term needs an electrostatics term (latent charges)."""
+    of the same; the dipole term needs an electrostatics term (latent charges). A shallow
+    ensemble adds w·⟨NLL⟩ of energies and of projected forces, which fit its heads' spread."""
 
     model_config = _STRICT
     energy_weight: float = Field(10.0, ge=0.0)
     forces_weight: float = Field(1.0, ge=0.0)
     stress_weight: float = Field(0.0, ge=0.0)
     dipole_weight: float = Field(0.0, ge=0.0, description="latent charges' Σ q_i R_i vs data.dipole_key, (e·Å)²")
+    energy_nll_weight: float = Field(1.0, ge=0.0, description="shallow ensembles: energy NLL (fits the heads' spread)")
+    forces_nll_weight: float = Field(1.0, ge=0.0, description="shallow ensembles: NLL of projected forces (the same)")
     kind: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(0.01, gt=0.0)
 
@@ -93,7 +97,8 @@ def _model_schema(family: str, cls) -> type[BaseModel]:
     extra = {
         "family": (Literal[family], ...),
         "cutoff": (float, Field(5.0, gt=0.0, description="Å")),
-        "ensemble": (int, Field(0, ge=0, le=64, description="members of a deep ensemble (0 or 1: one network)")),
+        "ensemble": (int, Field(0, ge=0, le=64, description="ensemble members (0 or 1: one network)")),
+        "ensemble_kind": (Literal["deep", "shallow"], Field("deep", description="deep: M networks; shallow: M heads")),
     }
     return hyperparameter_schema(cls, extra, name=f"{cls.__name__}Config")
 
@@ -164,7 +169,7 @@ class Config(BaseModel):
         """The flax module this config describes (hyper-parameters only)."""
         from nnpes.models import family_class
 
-        kwargs = self.model.model_dump(exclude={"family", "cutoff", "ensemble"})
+        kwargs = self.model.model_dump(exclude={"family", "cutoff", "ensemble", "ensemble_kind"})
         return family_class(self.model.family)(**kwargs)
 
 
@@ -272,7 +277,7 @@ def load_config(
         raw = _resolve_paths(raw, os.path.dirname(os.path.abspath(source)))
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping of keys")
-    raw = _resolve_paths(_deepcopy(raw), os.getcwd())
+    raw = _resolve_paths(copy.deepcopy(raw), os.getcwd())
     for key, value in parse_overrides(overrides or []):
         if key in _PATH_KEYS:
             value = _resolve_path(value, os.getcwd())
@@ -369,14 +374,6 @@ def _check_files(config: Config) -> None:
         for p in [paths] if isinstance(paths, str) else (paths or []):
             if not os.path.isfile(p):
                 raise ConfigError(f"data.{key}: file not found: {p}")
-
-
-def _deepcopy(x):
-    if isinstance(x, dict):
-        return {k: _deepcopy(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_deepcopy(v) for v in x]
-    return x
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

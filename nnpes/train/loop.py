@@ -236,11 +236,18 @@ def _potential(
     train_frames: list[Frame],
     val_frames: list[Frame],
     ensemble: int = 0,
+    ensemble_kind: str = "deep",
 ) -> tuple[Potential, str]:
+    if ensemble_kind not in ("deep", "shallow"):
+        raise ConfigError(f"ensemble_kind: {ensemble_kind!r}; allowed values: 'deep', 'shallow'")
+    shallow = ensemble_kind == "shallow"
     if isinstance(model_or_potential, Potential):
         pot = model_or_potential
-        if ensemble >= 2 and ensemble != pot.members:
-            raise ConfigError(f"ensemble: {ensemble} members asked for, the given potential has {pot.members}")
+        if ensemble >= 2 and (ensemble, shallow) != (pot.members, pot.shallow):
+            kind = "shallow" if pot.shallow else "deep"
+            raise ConfigError(
+                f"ensemble: {ensemble} {ensemble_kind} members asked for, the given potential has {pot.members} {kind}"
+            )
         if cutoff is not None and float(cutoff) != pot.cutoff:
             raise ConfigError(f"cutoff: {cutoff} Å differs from the given potential's {pot.cutoff} Å")
         report = f"E0 ({pot.e0_method}) and scale of the given potential; mean neighbours {pot.avg_num_neighbors:.2f}"
@@ -248,7 +255,9 @@ def _potential(
     if not isinstance(model_or_potential, nn.Module):
         raise TypeError(f"fit: expected a flax module or an nnpes.Potential, got {type(model_or_potential).__name__}")
     r_c = float(cutoff if cutoff is not None else getattr(model_or_potential, "cutoff", 5.0))
-    return potential_for_model(model_or_potential, r_c, train_frames, val_frames, cfg.seed, members=ensemble)
+    return potential_for_model(
+        model_or_potential, r_c, train_frames, val_frames, cfg.seed, members=ensemble, shallow=shallow
+    )
 
 
 def fit(
@@ -262,6 +271,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     cutoff: float | None = None,
     ensemble: int = 0,
+    ensemble_kind: str = "deep",
 ) -> TrainResult:
     """Train a flax module (any module following :mod:`nnpes.models.base`, a user's own
     included) or an :class:`nnpes.Potential` on frames, with the loop of ``nnpes train``.
@@ -280,6 +290,8 @@ def fit(
         cutoff: r_c, Å, for a bare module (default: its ``cutoff`` field, else 5 Å).
         ensemble: M ≥ 2 trains a bare module as an ensemble of M networks (seeds seed…seed+M−1,
             each its own data order) whose spread is the uncertainty (:mod:`nnpes.uncertainty`).
+        ensemble_kind: "deep" (M networks) or "shallow" (one network with M readout heads, their
+            spread fitted by an energy negative log-likelihood: the cost of one network).
 
     Returns:
         The :class:`TrainResult` (also in ``WORKDIR/result.json``); the model is in ``WORKDIR/model``.
@@ -293,7 +305,9 @@ def fit(
             raise DataError("fit: no training frames")
         val_frames = gather_frames(validation, require, "validation")
         test_frames = gather_frames(test, (), "test")
-        potential, report = _potential(model_or_potential, cutoff, cfg, train_frames, val_frames, ensemble)
+        potential, report = _potential(
+            model_or_potential, cutoff, cfg, train_frames, val_frames, ensemble, ensemble_kind
+        )
         return potential, report, train_frames, val_frames, test_frames
 
     return _execute(cfg, inputs, callbacks)

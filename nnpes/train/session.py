@@ -24,6 +24,7 @@ from nnpes.train import checkpoint
 from nnpes.train.batches import BucketLadder, epoch_batches, fit_ladder, member_batches, shard_batch
 from nnpes.train.callbacks import Callback, CSVWriter, ProgressBar, RunInfo, TensorBoardWriter
 from nnpes.train.config import Config
+from nnpes.train.loss import LOSS_TERMS
 from nnpes.train.optimizer import learning_rate_at, make_optimizer, masked, run_progress, trainable_mask
 from nnpes.train.setup import check_dtype, residual_graphs, warn_untrained_labels
 from nnpes.train.state import TrainState, init_state
@@ -110,8 +111,7 @@ def setup(
     steps_per_epoch = math.ceil(len(train_graphs) / batch_size)
     total_steps = t.max_steps if t.max_steps is not None else t.max_epochs * steps_per_epoch
     optimizer, trainable = _optimizer(cfg, potential.params, steps_per_epoch, added[0] if added else None)
-    weights = {"energy": cfg.loss.energy_weight, "forces": cfg.loss.forces_weight, "stress": cfg.loss.stress_weight}
-    weights["dipole"] = cfg.loss.dipole_weight
+    weights = {name: getattr(cfg.loss, f"{name}_weight") for name in LOSS_TERMS}
     step_fn = make_train_step(
         potential, optimizer, weights, cfg.loss.kind, cfg.loss.huber_delta, cfg.optimizer.ema_decay, trainable
     )
@@ -132,14 +132,14 @@ def setup(
         total_steps,
         weights,
         step_fn,
-        _data_sharding(n_dev, potential.members),
+        _data_sharding(n_dev, potential.deep_members),
         writers + list(callbacks),
         t_start,
         ladder=fit_ladder(train_graphs, batch_size, n_dev, cfg.seed, t.max_bucket_shapes),
         clock=clock,
         traces0=compilation.count("train_step"),
     )
-    state = init_state(potential.params, optimizer, potential.members)
+    state = init_state(potential.params, optimizer, potential.deep_members)
     restored = checkpoint.restore(session.ckpt_dir, jax.device_get(state))
     if restored is not None:
         state = jax.tree.map(jnp.asarray, restored)
@@ -187,8 +187,8 @@ def _data_sharding(n_dev: int, members: int = 0):
 
 def batch(s: Session, epoch: int, b: int):
     n, n_dev = len(s.train_graphs), jax.device_count()
-    if s.potential.members:  # member m draws its own data order (seed + m)
-        orders = [epoch_batches(n, s.batch_size, s.cfg.seed + m, epoch)[b] for m in range(s.potential.members)]
+    if s.potential.deep_members:  # member m draws its own data order (seed + m)
+        orders = [epoch_batches(n, s.batch_size, s.cfg.seed + m, epoch)[b] for m in range(s.potential.deep_members)]
         lists = [[s.train_graphs[i] for i in idx] for idx in orders]
         batch = member_batches(lists, n_dev, s.potential.dtype, s.ladder)
     else:

@@ -111,11 +111,13 @@ def potential_for_model(
     isolated: Sequence[Frame] | None = None,
     terms=(),
     members: int = 0,
+    shallow: bool = False,
 ) -> tuple[Potential, str]:
     """A fresh potential around ``model`` (cutoff in Å) with E0 (eV), scale (eV, force RMS),
     mean neighbour count and the model's own fitted constants fitted on the training frames;
     ``terms``: physical terms beside the network (:mod:`nnpes.terms`), or a callable
-    (atomic numbers, cutoff) → terms; ``members`` ≥ 2: an ensemble of that many networks.
+    (atomic numbers, cutoff) → terms; ``members`` ≥ 2: an ensemble of that many networks, or of
+    that many readout heads of one network when ``shallow``.
 
     Returns the potential and a one-line report of the fitted statistics.
     """
@@ -126,7 +128,7 @@ def potential_for_model(
     terms = terms(numbers, cutoff) if callable(terms) else tuple(terms)
     potential = Potential.create(
         model, numbers, cutoff, seed, e0=e0, e0_method=method, scale=scale, avg_num_neighbors=mean_neighbors(probe),
-        terms=terms, members=members if members >= 2 else 0,
+        terms=terms, members=members if members >= 2 else 0, shallow=shallow and members >= 2,
     )  # fmt: skip
     potential = potential.replace(model=fit_model_statistics(potential.model, probe))
     report = (
@@ -143,7 +145,7 @@ def build_potential(cfg: Config, train: Sequence[Frame], extra: Sequence[Frame] 
     isolated = read_frames(d.isolated_atoms, energy_key=d.energy_key) if d is not None and d.isolated_atoms else None
     potential, report = potential_for_model(
         cfg.build_model(), cfg.model.cutoff, train, extra, cfg.seed, isolated, terms=cfg.terms.build,
-        members=getattr(cfg.model, "ensemble", 0),
+        members=getattr(cfg.model, "ensemble", 0), shallow=getattr(cfg.model, "ensemble_kind", "deep") == "shallow",
     )  # fmt: skip
     if d is not None:  # the model remembers where its labels were, for `nnpes evaluate`
         potential = potential.replace(label_keys=data_label_keys(d))

@@ -12,9 +12,46 @@ import optax
 from nnpes import compilation
 from nnpes.physics import energy_forces_stress
 from nnpes.potential import Potential
-from nnpes.train.loss import combine, error_sums
-from nnpes.train.optimizer import keep_trainable
+from nnpes.train.loss import combine, energy_nll_sums, error_sums, forces_nll_sums, projection_directions
+from nnpes.train.optimizer import keep_trainable, parameter_names
 from nnpes.train.state import TrainState
+from nnpes.uncertainty import member_energies_and_projections
+
+
+def readout_only(params, model):
+    """``params`` with every leaf outside ``model.readout_layers`` held fixed (``stop_gradient``):
+    a shallow ensemble's likelihood trains its heads, not the features they share (which the
+    usual loss fits), so the spread costs no accuracy. A model that declares no readout layers
+    gets every parameter trained."""
+    readouts = tuple(getattr(model, "readout_layers", ()))
+    if not readouts:
+        return params
+    leaves, treedef = jax.tree.flatten(params)
+    names = parameter_names(params)  # leaf order, as flatten's
+    head = [any(n == r or n.startswith(r + "/") for r in readouts) for n in names]
+    return jax.tree.unflatten(treedef, [x if h else jax.lax.stop_gradient(x) for x, h in zip(leaves, head)])
+
+
+def likelihood_sums(potential: Potential, graph: jraph.GraphsTuple, key) -> dict:
+    """A shallow ensemble's negative log-likelihood sums (:mod:`nnpes.train.loss`) of the energy
+    per atom and of the forces on a random projection per graph (``key``), through its readout
+    heads alone (:func:`readout_only`)."""
+    heads = potential.replace(params=readout_only(potential.params, potential.model))
+    directions = projection_directions(key, graph, graph.nodes["positions"].dtype)
+    energies, projections = member_energies_and_projections(heads, graph, directions)
+    return energy_nll_sums(energies, graph) | forces_nll_sums(projections, directions, graph)
+
+
+def step_metrics(loss, grads, sums: dict) -> dict:
+    """A step's metrics: loss, gradient norm, {energy,forces,stress}_mse and the NLLs' means."""
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    for name, key in (("energy", "energy_mse"), ("forces", "forces_mse"), ("stress", "stress_mse")):
+        if name in sums:
+            metrics[key] = sums[name] / jnp.maximum(sums[f"{name}_count"], 1.0)
+    for name in ("energy_nll", "forces_nll"):
+        if name in sums:
+            metrics[name] = sums[name] / jnp.maximum(sums[f"{name}_count"], 1.0)
+    return metrics
 
 
 def make_train_step(
@@ -43,13 +80,17 @@ def make_train_step(
     """
     use_stress = bool(weights.get("stress"))
 
-    single = potential.replace(members=0)  # the loss sees one network at a time
+    # the loss sees one network at a time (a shallow ensemble is one network with M heads)
+    single = potential.replace(members=potential.members - potential.deep_members)
 
-    def loss_fn(params, batch):
+    def loss_fn(params, batch, key):
         pot = single.replace(params=params)
 
         def shard(graph):
-            return error_sums(energy_forces_stress(pot, graph, compute_stress=use_stress), graph, kind, delta)
+            sums = error_sums(energy_forces_stress(pot, graph, compute_stress=use_stress), graph, kind, delta)
+            if pot.shallow:  # the heads' spread, fitted by likelihoods through the heads alone
+                sums |= likelihood_sums(pot, graph, key)
+            return sums
 
         # one shard (one device): no vmap, whose batched gathers and scatters made the aspirin
         # step (batch 8, l <= 1) 78 ms instead of 44 ms on CPU
@@ -61,7 +102,8 @@ def make_train_step(
 
     def member_step(params, opt_state, ema, step, batch, learning_rate):
         """One network's update (an ensemble vmaps it over members: own batches, own optimiser state)."""
-        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        key = jax.random.fold_in(jax.random.PRNGKey(0), step)  # a shallow ensemble's force projections
+        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
         direction, opt_state = optimizer.update(grads, opt_state, params, value=loss)
         updates = jax.tree.map(lambda u: (-learning_rate * u).astype(u.dtype), direction)
         new_params = optax.apply_updates(params, updates)
@@ -72,16 +114,12 @@ def make_train_step(
             ema = keep_trainable(ema, trainable, new_params)
         else:
             ema = new_params
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-        for name in ("energy", "forces", "stress"):
-            if name in sums:
-                metrics[f"{name}_mse"] = sums[name] / jnp.maximum(sums[f"{name}_count"], 1.0)
-        return new_params, opt_state, ema, metrics
+        return new_params, opt_state, ema, step_metrics(loss, grads, sums)
 
     def train_step(state: TrainState, batch, learning_rate) -> tuple[TrainState, dict]:
         compilation.traced("train_step")
         update = member_step
-        if potential.members:  # params, optimiser state, EMA and batch: a leading member axis
+        if potential.deep_members:  # params, optimiser state, EMA and batch: a leading member axis
             update = jax.vmap(member_step, in_axes=(0, 0, 0, None, 0, None))
         params, opt_state, ema, metrics = update(
             state.params, state.opt_state, state.ema, state.step, batch, learning_rate

@@ -1,6 +1,8 @@
 """The extrapolation alarm: an ensemble trained on rMD17 ethanol (500 K MD frames) stays quiet
-in a 300 K run and fires in a 1 500 K one; a run asked to stop stops at the uncertain frame
-and keeps the frames before it; ``nnpes md`` writes uncertain frames to uncertain.xyz."""
+in a 300 K run and fires in a 1 500 K one, and so does a shallow ensemble trained on
+acetylacetone frames from 300 K MD (../shared/data, when present); a run asked to stop stops at
+the uncertain frame and keeps the frames before it; ``nnpes md`` writes uncertain frames to
+uncertain.xyz."""
 
 from __future__ import annotations
 
@@ -23,10 +25,38 @@ def ensemble(trained_ensemble):
     return nnpes.load(trained_ensemble)
 
 
-def _run(ensemble, temperature_k: float, backend: str = "ase", **options):
-    atoms = ase.io.read(ETHANOL_TEST, index=0)
+def _run(ensemble, temperature_k: float, backend: str = "ase", atoms=None, **options):
+    atoms = ase.io.read(ETHANOL_TEST, index=0) if atoms is None else atoms
     config = MDConfig(ensemble="nvt", temperature_k=temperature_k, tau_t_fs=20.0, every=50, seed=1, **options)
     return run_md(ensemble, atoms, 600, config, backend=backend)
+
+
+@pytest.fixture(scope="module")
+def acac_shallow(shared_data, tmp_path_factory):
+    """A shallow DeepSets ensemble (8 heads) trained for 1 500 steps on 90 + 10 acetylacetone
+    frames of 300 K MD (BOTNet's acac set, ../shared/data/acac/train_300K.xyz), and a 300 K test
+    frame. (By hand: largest σ_F 1.8 eV/Å at 300 K, 4.8 at 1 500 K, threshold 3.4.)"""
+    from nnpes.data.io import read_frames
+    from nnpes.models import DeepSets
+    from nnpes.train import fit
+
+    frames = read_frames(str(shared_data / "acac" / "train_300K.xyz"))
+    model = DeepSets(num_basis=8, embed_features=8, phi_features=(16, 16), rho_features=(16,))
+    config = {"training": {"max_steps": 1500, "batch_size": 4, "progress": False}, "optimizer": {"learning_rate": 0.01}}
+    workdir = tmp_path_factory.mktemp("acac")
+    result = fit(model, frames[:90], frames[90:100], cutoff=4.0, workdir=workdir, config=config, ensemble=8,
+                 ensemble_kind="shallow")  # fmt: skip
+    return nnpes.load(result.model_dir), ase.io.read(shared_data / "acac" / "test_MD_300K.xyz", index=0)
+
+
+def test_alarm_of_a_model_trained_on_300_k_frames_fires_at_1500_k_not_at_300_k(acac_shallow, recwarn):
+    ensemble, atoms = acac_shallow
+    assert ensemble.shallow
+    cool = _run(ensemble, 300.0, "jax-md", atoms)
+    assert np.all(cool.force_std_ev_a < ensemble.force_std_alarm_ev_a) and len(cool.uncertain()) == 0
+    assert not [w for w in recwarn if issubclass(w.category, UncertaintyWarning)]
+    hot = _run(ensemble, 1500.0, "jax-md", atoms)
+    assert np.any(hot.force_std_ev_a > ensemble.force_std_alarm_ev_a) and len(hot.uncertain()) > 0
 
 
 @pytest.mark.parametrize("backend", ["ase", "jax-md"])
