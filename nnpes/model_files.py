@@ -148,6 +148,8 @@ def _read_metadata(directory: str) -> tuple[str, dict]:
             f"{meta_path}: format_version {meta.get('format_version')!r}; this nnpes reads "
             f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
+    if meta.get("ensemble_kind", "deep") not in ("deep", "shallow"):
+        raise ModelError(f"{meta_path}: ensemble_kind {meta['ensemble_kind']!r}; expected 'deep' or 'shallow'")
     return directory, meta
 
 

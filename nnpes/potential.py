@@ -48,8 +48,8 @@ class Potential(struct.PyTreeNode):
         shallow: how the M members are made. False (a deep ensemble): M networks whose
             parameters are stacked on a leading axis of every leaf. True (a shallow, last-layer
             ensemble): one network whose readout has M outputs per atom (``num_outputs`` = M),
-            one site energy per member: the cost of one network, the spread trained by an
-            energy negative log-likelihood (:mod:`nnpes.train.loss`).
+            one site energy per member: the cost of one network, the spread trained by
+            negative log-likelihoods of energies and projected forces (:mod:`nnpes.train.loss`).
         head_weights: shallow ensembles only: None (the members' mean), or (M,) weights of the
             members' site energies; :meth:`member_map` sets one-hot rows to evaluate members.
         calibration: (energy, forces) factors that turn the members' standard deviations into

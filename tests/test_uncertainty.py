@@ -15,7 +15,7 @@ import nnpes
 from nnpes.data.graph import batch_graphs, frame_to_graph
 from nnpes.data.io import read_frames
 from nnpes.evaluate import evaluate_frames
-from nnpes.physics import energy_forces_stress
+from nnpes.physics import evaluate
 from nnpes.uncertainty import calibrate, member_outputs, uncertainty_metrics
 
 ETHANOL_TEST = str(resources.files("nnpes.data") / "files" / "ethanol_test.xyz")
@@ -49,8 +49,8 @@ def test_ensemble_energy_is_the_members_mean(ensemble, test_frames):
     graphs = [frame_to_graph(f, ensemble.cutoff, ensemble.atomic_numbers) for f in test_frames[:3]]
     batch = batch_graphs(graphs, 40, 256, 4, dtype=np.float32)
     pot = ensemble.astype(jnp.float32)
-    mean = energy_forces_stress(pot, batch, compute_stress=False)
-    members = member_outputs(pot, batch)
+    mean = evaluate(pot, batch, compute_stress=False)
+    members = jax.jit(member_outputs)(pot, batch)
     assert members["energy"].shape == (4, 4) and members["forces"].shape == (4, 40, 3)
     np.testing.assert_allclose(mean["energy"], members["energy"].mean(0), rtol=1e-6)
     np.testing.assert_allclose(mean["forces"], members["forces"].mean(0), atol=2e-5)

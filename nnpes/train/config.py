@@ -153,9 +153,11 @@ class Config(BaseModel):
         return model_section(v)
 
     @model_validator(mode="after")
-    def _dipole_needs_charges(self):
+    def _sections_agree(self):
         if self.loss.dipole_weight > 0 and self.terms.electrostatics is None:
             raise ValueError("loss.dipole_weight needs terms.electrostatics (the latent charges whose dipole it fits)")
+        if getattr(self.model, "ensemble_kind", "deep") == "shallow" and self.model.ensemble < 2:
+            raise ValueError(f"model.ensemble_kind: shallow needs model.ensemble ≥ 2 heads, got {self.model.ensemble}")
         return self
 
     @field_validator("workdir")

@@ -238,8 +238,8 @@ def _potential(
     ensemble: int = 0,
     ensemble_kind: str = "deep",
 ) -> tuple[Potential, str]:
-    if ensemble_kind not in ("deep", "shallow"):
-        raise ConfigError(f"ensemble_kind: {ensemble_kind!r}; allowed values: 'deep', 'shallow'")
+    if ensemble_kind not in ("deep", "shallow") or (ensemble_kind == "shallow" and ensemble < 2):
+        raise ConfigError(f"ensemble_kind: {ensemble_kind!r} with ensemble={ensemble}: 'deep', or 'shallow' with ≥ 2")
     shallow = ensemble_kind == "shallow"
     if isinstance(model_or_potential, Potential):
         pot = model_or_potential

@@ -13,7 +13,7 @@ from nnpes.data.graph import batch_graphs, frame_to_graph
 from nnpes.data.io import frame_from_atoms
 from nnpes.data.neighbors import is_mirrored, neighbor_list
 from nnpes.models import NequIP
-from nnpes.physics import energy_forces_stress
+from nnpes.physics import evaluate
 
 CUTOFF_A = 4.0
 
@@ -45,7 +45,7 @@ def test_mirrored_equals_plain(batches, edge_chunk):
     assert "mirrored" in mirrored.edges
     model = NequIP(channels=4, l_max=2, num_layers=2, radial_features=(8,), edge_chunk=edge_chunk)
     potential = nnpes.Potential.create(model, [1, 6, 8, 29], CUTOFF_A, avg_num_neighbors=12.0).astype(np.float64)
-    a, b = energy_forces_stress(potential, mirrored), energy_forces_stress(potential, plain)
+    a, b = evaluate(potential, mirrored), evaluate(potential, plain)
     for key in ("energy", "forces", "stress"):
         np.testing.assert_allclose(np.asarray(a[key]), np.asarray(b[key]), rtol=1e-12, atol=1e-12, err_msg=key)
     assert np.abs(np.asarray(a["forces"])).max() > 1e-3  # not trivially zero
