@@ -291,7 +291,7 @@ def fit(
         ensemble: M ≥ 2 trains a bare module as an ensemble of M networks (seeds seed…seed+M−1,
             each its own data order) whose spread is the uncertainty (:mod:`nnpes.uncertainty`).
         ensemble_kind: "deep" (M networks) or "shallow" (one network with M readout heads, their
-            spread fitted by an energy negative log-likelihood: the cost of one network).
+            spread fitted by negative log-likelihoods of energies and projected forces).
 
     Returns:
         The :class:`TrainResult` (also in ``WORKDIR/result.json``); the model is in ``WORKDIR/model``.

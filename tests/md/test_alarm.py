@@ -56,6 +56,7 @@ def test_alarm_of_a_model_trained_on_300_k_frames_fires_at_1500_k_not_at_300_k(a
     assert np.all(cool.force_std_ev_a < ensemble.force_std_alarm_ev_a) and len(cool.uncertain()) == 0
     assert not [w for w in recwarn if issubclass(w.category, UncertaintyWarning)]
     hot = _run(ensemble, 1500.0, "jax-md", atoms)
+    assert hot.temperature_k[len(hot.temperature_k) // 2 :].mean() > 900
     assert np.any(hot.force_std_ev_a > ensemble.force_std_alarm_ev_a) and len(hot.uncertain()) > 0
 
 
