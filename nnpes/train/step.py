@@ -45,12 +45,10 @@ def likelihood_sums(potential: Potential, graph: jraph.GraphsTuple, key) -> dict
 def step_metrics(loss, grads, sums: dict) -> dict:
     """A step's metrics: loss, gradient norm, {energy,forces,stress}_mse and the NLLs' means."""
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-    for name, key in (("energy", "energy_mse"), ("forces", "forces_mse"), ("stress", "stress_mse")):
+    for name, key in (("energy", "energy_mse"), ("forces", "forces_mse"), ("stress", "stress_mse"),
+                      ("energy_nll", "energy_nll"), ("forces_nll", "forces_nll")):  # fmt: skip
         if name in sums:
             metrics[key] = sums[name] / jnp.maximum(sums[f"{name}_count"], 1.0)
-    for name in ("energy_nll", "forces_nll"):
-        if name in sums:
-            metrics[name] = sums[name] / jnp.maximum(sums[f"{name}_count"], 1.0)
     return metrics
 
 
@@ -81,7 +79,7 @@ def make_train_step(
     use_stress = bool(weights.get("stress"))
 
     # the loss sees one network at a time (a shallow ensemble is one network with M heads)
-    single = potential.replace(members=potential.members - potential.deep_members)
+    single = potential if potential.shallow else potential.replace(members=0)
 
     def loss_fn(params, batch, key):
         pot = single.replace(params=params)
