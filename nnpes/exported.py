@@ -9,7 +9,7 @@ symbolic, so one program serves every structure):
   edge_mask (E,)) → (interaction (N,) eV, reference E0 (N,) eV), serialised with its first-order
   VJP, so that :mod:`nnpes.physics` differentiates it for forces and stress as it does a model;
 - ``energy_forces_stress.<dtype>.jax``: one structure's energy, forces and stress, for programs
-  outside Python (README, "Export").
+  outside Python (docs/trust.md, "Export").
 
 :class:`ExportedPotential` stands wherever a :class:`nnpes.Potential` is evaluated (the ASE
 calculator, the jax-md adaptor, ``nnpes evaluate``, ``nnpes md``). This module imports only jax,

@@ -1,6 +1,9 @@
-"""Every fenced code block of README.md works as written.
+"""Every fenced code block of README.md and docs/*.md works as written, and their links lead somewhere.
 
-* ```python blocks run in order in one namespace (a reader's session: later blocks use names
+The documents are read in the order a reader takes them (``DOCUMENTS``: the README, then the
+docs pages it links, in its order; any other page of docs/ after them).
+
+* ```python blocks run in order (over all documents) in one namespace (a reader's session: later blocks use names
   from earlier ones) inside a temporary directory, with ``__name__`` not ``"__main__"``; what a
   block defines is then used (the user model is created, evaluated and trained for a few steps,
   the PhysicsLaws subclass's ``potential`` fixture is called, the jax-md energy is compared with
@@ -35,6 +38,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
+DOCS_ORDER = ("python_api", "training", "config_reference", "md", "long_range", "trust", "layout", "benchmarks")
+DOCUMENTS = [README, *(REPO_ROOT / "docs" / f"{name}.md" for name in DOCS_ORDER)]
+DOCUMENTS += sorted(set((REPO_ROOT / "docs").glob("*.md")) - set(DOCUMENTS))
 CI_RUN = REPO_ROOT / ".ci" / "run"
 ETHANOL_TRAIN = str(resources.files("nnpes.data") / "files" / "ethanol_train.xyz")
 
@@ -48,41 +54,46 @@ OUTPUT_ARGS = ("workdir", "json", "plot", "out", "log")  # paths a command write
 
 @dataclass(frozen=True)
 class Block:
-    index: int  # 1-based, over all fenced blocks
+    index: int  # 1-based, over all fenced blocks of its document
     lang: str
     line: int  # line number of the opening fence
     text: str
     closed: bool = True
+    doc: Path = README
+
+    @property
+    def name(self) -> str:
+        return str(self.doc.relative_to(REPO_ROOT))
 
     @property
     def id(self) -> str:
-        return f"readme-block-{self.index}-{self.lang or 'plain'}"
+        return f"{self.name}-block-{self.index}-{self.lang or 'plain'}"
 
     @property
     def first_line(self) -> str:
         return next((s for s in self.text.splitlines() if s.strip()), "")
 
     def describe(self) -> str:
-        return f"{self.id} (README.md line {self.line}: {self.first_line!r})"
+        return f"{self.id} ({self.name} line {self.line}: {self.first_line!r})"
 
 
-def readme_blocks(text: str) -> list[Block]:
+def readme_blocks(text: str, doc: Path = README) -> list[Block]:
     blocks, lang, start, body = [], None, 0, []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if lang is None and stripped.startswith("```"):
             lang, start, body = (stripped[3:].split() or [""])[0].lower(), number, []
         elif lang is not None and stripped == "```":
-            blocks.append(Block(len(blocks) + 1, lang, start, "\n".join(body) + "\n"))
+            blocks.append(Block(len(blocks) + 1, lang, start, "\n".join(body) + "\n", doc=doc))
             lang = None
         elif lang is not None:
             body.append(line)
     if lang is not None:
-        blocks.append(Block(len(blocks) + 1, lang, start, "\n".join(body) + "\n", closed=False))
+        blocks.append(Block(len(blocks) + 1, lang, start, "\n".join(body) + "\n", closed=False, doc=doc))
     return blocks
 
 
-BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
+BLOCKS = [b for doc in DOCUMENTS for b in readme_blocks(doc.read_text(encoding="utf-8"), doc)]
 PYTHON_BLOCKS = [b for b in BLOCKS if b.lang == "python"]
 
 
@@ -162,7 +173,7 @@ def _run_python_block(block: Block, ns: dict) -> None:
     before = dict(ns)
     if "from pair_model import" in block.text:  # "wherever your model lives": the earlier block's module
         sys.modules["pair_model"] = sys.modules["readme_snippets"]
-    code = compile("\n" * block.line + block.text, str(README), "exec")  # tracebacks give README lines
+    code = compile("\n" * block.line + block.text, str(block.doc), "exec")  # tracebacks give the page's lines
     exec(code, ns)
     if re.search(r"^class PairModel\b", block.text, re.M):
         _check_user_model(block, ns)
@@ -275,7 +286,7 @@ def _config_without_data(args: argparse.Namespace):
 
 
 def _check_bash_block(block: Block, monkeypatch) -> None:
-    monkeypatch.chdir(REPO_ROOT)  # paths in the README are relative to the repository root
+    monkeypatch.chdir(REPO_ROOT)  # paths in commands are relative to the repository root
     written: list[Path] = []
     for argv in _commands(block):
         if argv[0] in NNPES:
@@ -290,11 +301,51 @@ def _check_bash_block(block: Block, monkeypatch) -> None:
 
 
 def test_readme_has_python_blocks():
-    assert PYTHON_BLOCKS, "README.md has no ```python block (or this file's fence parser is broken)"
+    assert [b for b in PYTHON_BLOCKS if b.doc == README], (
+        "README.md has no ```python block (or the fence parser is broken)"
+    )
+
+
+def test_readme_first_example_is_short():
+    """The README's first Python example (model, training, calculator, NVE) stays about 15 lines."""
+    first = next(b for b in PYTHON_BLOCKS if b.doc == README)
+    lines = [line for line in first.text.splitlines() if line.strip()]
+    assert len(lines) <= 16, f"{first.describe()}: {len(lines)} lines"
+    for name in ("nnpes.train.fit", "nnpes.Calculator", "nnpes.md.run_md"):
+        assert name in first.text, f"{first.describe()} does not show {name}"
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    readme = README.read_text(encoding="utf-8")
+    missing = [p.name for p in DOCUMENTS[1:] if f"docs/{p.name}" not in readme]
+    assert not missing, f"README.md links no docs page of {missing}"
+
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("doc", DOCUMENTS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_relative_links_lead_to_files(doc):
+    """Every relative link or image of the page names a file or folder of the repository (plots
+    written by a benchmark run included: they are committed)."""
+    in_code, broken = False, []
+    for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip().startswith("```"):
+            in_code = not in_code
+        if in_code:
+            continue
+        for target in LINK.findall(line):
+            if re.match(r"^(https?:|mailto:|#)", target):
+                continue
+            if not (doc.parent / target.split("#")[0]).exists():
+                broken.append(f"line {number}: {target}")
+    assert not broken, f"{doc.relative_to(REPO_ROOT)}: broken links {broken}"
 
 
 def test_readme_test_command_is_the_ci_command():
-    runs_pytest = [b for b in BLOCKS if b.lang == "bash" and any(a[0].endswith("pytest") for a in _commands(b))]
+    runs_pytest = [
+        b for b in BLOCKS if b.doc == README and b.lang == "bash" and any(a[0].endswith("pytest") for a in _commands(b))
+    ]
     assert len(runs_pytest) == 1, f"expected one bash block that runs pytest, found {[b.id for b in runs_pytest]}"
     ci_last_line = [line for line in CI_RUN.read_text().splitlines() if line.strip()][-1]
     assert runs_pytest[0].text.strip() == ci_last_line.strip()

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "learn", help="active learning: train an ensemble, run MD, label uncertain frames, retrain (resumable)"
     )
-    p.add_argument("config", help="learn YAML config (README: Active learning)")
+    p.add_argument("config", help="learn YAML config (docs/trust.md: Active learning)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. rounds=6")
     p.add_argument("--workdir", help="work directory (wins over the config's workdir)")
     p.set_defaults(func=run)

@@ -73,7 +73,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="spread a periodic structure over N devices by spatial domain decomposition (nve, nvt langevin; "
-        "on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N; across hosts: see README)",
+        "on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N; across hosts: see docs/md.md)",
     )
     p.add_argument("--out", metavar="TRAJ.xyz", help="extxyz trajectory (positions, velocities, energy, forces)")
     p.add_argument(
@@ -82,6 +82,12 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="thermo log: time_fs, epot_ev, ekin_ev, etot_ev, temperature_k, pressure_bar, volume_a3",
     )
     p.add_argument("--json", metavar="FILE", help="write the run summary as JSON")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="write the thermo plot: energy changes per atom (for NVE, energy conservation), temperature, "
+        "and for NPT volume, against time",
+    )
     p.add_argument(
         "-q",
         "--quiet",
@@ -313,7 +319,7 @@ def _checked_inputs(args: argparse.Namespace) -> tuple:
 
     options = _options(args)  # ConfigError: one line naming the option
     outputs = ("--out", args.out), ("--log", args.log), ("--json", args.json), ("--uncertain-out", args.uncertain_out)
-    check_outputs(*outputs)
+    check_outputs(*outputs, ("--plot", args.plot))
     if args.out and os.path.splitext(args.out)[1].lower() not in ("", ".xyz", ".extxyz"):
         # ASE picks a file's format by its name: a .traj holding extxyz could not be read back
         raise ConfigError(f"--out {args.out}: trajectories are written as extended XYZ; name the file .xyz")
@@ -349,7 +355,11 @@ def _finish_outputs(args: argparse.Namespace, writer, result) -> str:
     write(writer.finish, result)
     if args.json:
         write(dump_json, result.summary(), args.json)
-    files = [path for path in (args.out, args.log, args.json) if path]
+    if args.plot:
+        from nnpes.md.plots import thermo_plot
+
+        write(thermo_plot, result, args.plot)
+    files = [path for path in (args.out, args.log, args.json, args.plot) if path]
     frames = f"{len(result.time_fs)} frame{'s' * (len(result.time_fs) != 1)}"
     where = f"written to {', '.join(files)}" if files else "recorded (no --out, --log or --json given)"
     return f"{frames} up to t = {result.time_fs[-1]:.6g} fs (step {result.steps}) {where}"

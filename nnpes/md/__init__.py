@@ -9,6 +9,8 @@
 - :func:`check_structure`: the start-structure checks every entry point makes before compiling.
 - :func:`uncertainty`: an ensemble's energy and force uncertainties through the jax-md adaptor;
   the extrapolation alarm of both backends (``alarm``: :class:`UncertaintyWarning`, :class:`UncertaintyStop`).
+- :func:`thermo_plot`, :func:`thermo_figure`: energies (for NVE, energy conservation), temperature
+  and volume of a run against time (``nnpes md --plot``).
 
 Modules: ``config`` (options), ``ensembles`` (the one table both backends read), ``jaxmd_simulation``
 (jax-md set-up), ``loop`` (jax-md run loop), ``ase_backend``, ``results`` (MDResult, writers),
@@ -36,6 +38,8 @@ _LAZY = {
     "uncertainty": "nnpes.md.alarm",
     "UncertaintyStop": "nnpes.md.alarm",
     "UncertaintyWarning": "nnpes.md.alarm",
+    "thermo_figure": "nnpes.md.plots",
+    "thermo_plot": "nnpes.md.plots",
 }
 
 

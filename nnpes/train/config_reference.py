@@ -1,4 +1,4 @@
-"""The config reference (README table, ``nnpes config``), generated from the config classes:
+"""The config reference (docs/config_reference.md, ``nnpes config``), generated from the config classes:
 every key with its type, range and default, never written by hand."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def describe_type(ann: Any, metadata: Sequence[Any] = ()) -> str:
 
 
 def reference_markdown() -> str:
-    """The config reference for the README, generated from the config classes (never by hand):
+    """The config reference of docs/config_reference.md, generated from the config classes (never by hand):
     ``nnpes config``."""
     from nnpes.models import FAMILIES
 

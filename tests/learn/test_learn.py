@@ -184,7 +184,7 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, override, message):
     assert "\n" not in str(err.value) and message in str(err.value) and str(path) in str(err.value)
 
 
-def test_readme_config_block_validates_and_writes_out_every_key(monkeypatch):
+def test_docs_learn_config_block_validates_and_writes_out_every_key(monkeypatch):
     from pathlib import Path
 
     from pydantic import BaseModel
@@ -192,9 +192,9 @@ def test_readme_config_block_validates_and_writes_out_every_key(monkeypatch):
     from nnpes.learn.config import LearnConfig
 
     root = Path(__file__).resolve().parents[2]
-    section = (root / "README.md").read_text().split("### Active learning: `nnpes learn`", 1)[1]
+    section = (root / "docs" / "trust.md").read_text().split("## Active learning: `nnpes learn`", 1)[1]
     raw = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
-    monkeypatch.chdir(root)  # README paths are relative to the repository root
+    monkeypatch.chdir(root)  # paths in the docs are relative to the repository root
     load_learn_config(raw=raw, check_files=False)
     assert set(raw) == set(LearnConfig.model_fields)
     for name, field in LearnConfig.model_fields.items():

@@ -25,6 +25,7 @@ def test_cli_md_writes_trajectory_thermo_and_json(chno_potential, ethanol, tmp_p
     parser = argparse.ArgumentParser(prog="nnpes")
     cli.register(parser.add_subparsers(dest="command"))
     out, log, report = tmp_path / "traj.xyz", tmp_path / "thermo.csv", tmp_path / "md.json"
+    plot = tmp_path / "nve.png"
     args = parser.parse_args(
         [
             "md",
@@ -46,9 +47,14 @@ def test_cli_md_writes_trajectory_thermo_and_json(chno_potential, ethanol, tmp_p
             str(log),
             "--json",
             str(report),
+            "--plot",
+            str(plot),
         ]
     )
     assert args.func(args) == 0
+    import matplotlib.image
+
+    assert matplotlib.image.imread(plot).shape[:2] == (660, 840)  # the thermo plot: 7 × 5.5 in at 120 dpi
     summary = json.loads(report.read_text())
     assert set(summary) >= {
         "atoms",

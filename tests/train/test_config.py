@@ -1,4 +1,4 @@
-"""Training configs: one-line errors naming the key or file, overrides, shipped configs, README."""
+"""Training configs: one-line errors naming the key or file, overrides, shipped configs, the docs."""
 
 from __future__ import annotations
 
@@ -96,12 +96,14 @@ def test_every_shipped_config_validates():
         assert cfg.build_model() is not None
 
 
-def test_readme_config_reference_is_generated_from_the_config_classes():
+def test_docs_config_reference_is_generated_from_the_config_classes():
     from nnpes.train.config_reference import reference_markdown
 
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    assert reference_markdown() in readme, "README config reference is stale: regenerate it with `nnpes config`"
+    with open(os.path.join(ROOT, "docs", "config_reference.md")) as f:
+        page = f.read()
+    assert reference_markdown() in page, (
+        "docs/config_reference.md is stale: regenerate it with `nnpes config` (the block between its markers)"
+    )
 
 
 def test_labels_the_loss_ignores_are_warned_about_in_one_line(tiny_config, write, shared_data):
