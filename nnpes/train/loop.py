@@ -250,14 +250,17 @@ def _potential(
             )
         if cutoff is not None and float(cutoff) != pot.cutoff:
             raise ConfigError(f"cutoff: {cutoff} Å differs from the given potential's {pot.cutoff} Å")
+        if cfg.terms.electrostatics is not None or cfg.terms.zbl is not None:
+            raise ConfigError("terms: a given Potential keeps its own terms; pass the bare model to fit to add them")
         report = f"E0 ({pot.e0_method}) and scale of the given potential; mean neighbours {pot.avg_num_neighbors:.2f}"
         return pot, report
     if not isinstance(model_or_potential, nn.Module):
         raise TypeError(f"fit: expected a flax module or an nnpes.Potential, got {type(model_or_potential).__name__}")
     r_c = float(cutoff if cutoff is not None else getattr(model_or_potential, "cutoff", 5.0))
     return potential_for_model(
-        model_or_potential, r_c, train_frames, val_frames, cfg.seed, members=ensemble, shallow=shallow
-    )
+        model_or_potential, r_c, train_frames, val_frames, cfg.seed, terms=cfg.terms.build, members=ensemble,
+        shallow=shallow,
+    )  # fmt: skip
 
 
 def fit(
@@ -283,7 +286,8 @@ def fit(
         train, validation, test: lists of :class:`nnpes.data.io.Frame` and/or file paths. Without
             validation frames the last epoch's parameters are the ones saved.
         config: a :class:`Config`, a dict of its sections (``{"training": {"max_steps": 100}}``)
-            or None for defaults; its ``data`` and ``model`` sections are not used.
+            or None for defaults; its ``data`` and ``model`` sections are not used; its ``terms``
+            are added to a bare module (a Potential given with ``terms`` is refused: it keeps its own).
         workdir: run directory (wins over ``config.workdir``); a run resumes from its newest
             checkpoint. Layout as :func:`train`.
         callbacks: extra :class:`Callback` objects, called after the built-in writers.

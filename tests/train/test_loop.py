@@ -232,3 +232,14 @@ def test_fit_refuses_bad_config_keys_and_a_non_finite_loss(tmp_path, frames):
     with pytest.raises(TrainingError, match="training loss became nan at step 2") as err:
         fit(PairModel(nan=True), frames, config=config, workdir=tmp_path / "nan")
     assert "\n" not in str(err.value)
+
+
+def test_fit_adds_the_config_terms_to_a_bare_module_and_refuses_them_with_a_potential(tmp_path, frames):
+    import nnpes
+
+    config = {"terms": {"zbl": {"outer_radius": 1.5}}, "training": {"max_steps": 1, "batch_size": 5, "progress": False}}
+    result = fit(PairModel(cutoff=4.0), frames[:5], config=config, workdir=tmp_path / "zbl")
+    terms = nnpes.load(result.model_dir).terms
+    assert [type(t).__name__ for t in terms] == ["ZBL"]  # once dropped silently: the model had no terms
+    with pytest.raises(ConfigError, match="keeps its own terms"):
+        fit(nnpes.load(result.model_dir), frames[:5], config=config, workdir=tmp_path / "again")
