@@ -5,15 +5,20 @@ an nnpes model (a trained model directory via --model, else a random NequIP of t
 through :func:`nnpes.md.run_md`, and reports the drift (slope of E_tot/N against time,
 meV/atom/ps), steps/s and ns/day; then it times jax-md's ``energy.nequip_neighbor_list`` with a
 comparable configuration on the same structure (random weights, its own neighbour list,
-``simulate.nve``). Prints a table and writes JSON.
+``simulate.nve``). Prints a table and writes JSON; each system's row also holds the NVE time
+series of the timed run (``thermo``: time_fs from its start, etot_ev, epot_ev, ekin_ev, every
+--every steps, default ``max(1, steps // 100)``: the steps run on the device between two host
+round trips), which ``benchmarks/run_all.py`` plots as E_tot(t).
 
-    python benchmarks/md.py [--model DIR] [--steps 1000] [--dt 0.5] [--dtype float64] [--json md.json]
+    python benchmarks/md.py [--model DIR] [--steps 1000] [--every N] [--dt 0.5] [--dtype float64] [--json md.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,6 +96,16 @@ def jax_md_nequip_steps_per_s(atoms, kind, steps, dt_fs, dtype):
     return steps / seconds
 
 
+def thermo(result) -> dict:
+    """The run's recorded energies: time_fs (from the run's first frame), etot_ev, epot_ev, ekin_ev."""
+    return {
+        "time_fs": [float(t - result.time_fs[0]) for t in result.time_fs],
+        "etot_ev": [float(e) for e in result.etot],
+        "epot_ev": [float(e) for e in result.epot],
+        "ekin_ev": [float(e) for e in result.ekin],
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="trained nnpes model directory for every system (random NequIP when absent)")
@@ -102,6 +117,7 @@ def main(argv=None) -> int:
         help="model directory for one system (e.g. water192=runs/water/model); wins over --model",
     )
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--every", type=int, help="record (and return to the host) every N steps; default steps // 100")
     parser.add_argument("--dt", type=float, default=0.5, help="fs")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     parser.add_argument("--systems", default="ethanol,water192")
@@ -121,10 +137,16 @@ def main(argv=None) -> int:
         atoms = ase.io.read(DATA / filename, 0)
         potential, origin = nnpes_model(atoms.numbers, per_system.get(name, args.model))
         options = MDOptions(
-            ensemble="nve", dt_fs=args.dt, temperature_k=300.0, dtype=args.dtype, every=max(1, args.steps // 100)
+            ensemble="nve",
+            dt_fs=args.dt,
+            temperature_k=300.0,
+            dtype=args.dtype,
+            every=args.every or max(1, args.steps // 100),
         )
         sim = simulation(potential, atoms, options)
-        run(sim, 2 * options.every)  # compile outside the timing (same chunk shapes as the timed run)
+        # compile outside the timing: one chunk of the timed run's length (nnpes.md.run's chunks are
+        # max(every, 200) steps, a shorter run one chunk of its own length)
+        run(sim, min(args.steps, max(options.every, 200)))
         result = run(sim, args.steps)
         row = {
             "system": name,
@@ -134,13 +156,16 @@ def main(argv=None) -> int:
             "dtype": args.dtype,
             "dt_fs": args.dt,
             "steps": args.steps,
+            "every": options.every,
             "drift_mev_per_atom_per_ps": result.drift_mev_per_atom_per_ps(),
             "steps_per_s": result.steps_per_s,
             "ns_per_day": result.ns_per_day,
             "neighbor_reallocations": result.neighbor_reallocations,
+            "compilations_in_timed_run": result.compilations,
             "jax_md_nequip_steps_per_s": jax_md_nequip_steps_per_s(
                 atoms, kind, args.steps, args.dt, getattr(jnp, args.dtype)
             ),
+            "thermo": thermo(result),
         }
         rows.append(row)
         print(f"done {name}", file=sys.stderr)
@@ -156,6 +181,9 @@ def main(argv=None) -> int:
             f"{r['steps_per_s']:9.1f} {r['ns_per_day']:8.3f} {r['jax_md_nequip_steps_per_s']:22.1f}"
         )
     meta = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
         "device": str(jax.devices()[0]),
         "nnpes_model": {"channels": CHANNELS, "l_max": L_MAX, "num_layers": LAYERS, "cutoff_a": CUTOFF},
     }

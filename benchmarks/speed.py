@@ -315,7 +315,7 @@ def table(results: list[dict]) -> str:
 
 
 def markdown(results: list[dict], scaling: dict, meta: dict) -> str:
-    """The README's tables: one row per case, then the fits (what ``--markdown`` prints)."""
+    """The tables of docs/benchmarks.md: one row per case, then the fits (what ``--markdown`` prints)."""
     lines = [
         "| atoms | case | edges | compile (s) | step (ms) | ratio vs jax-md | GFLOP/s | of peak | peak RSS (MB) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -356,7 +356,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="run the whole case list this many times, interleaved; report the median"
     )
-    parser.add_argument("--markdown", action="store_true", help="also print the tables as markdown (the README's)")
+    parser.add_argument(
+        "--markdown", action="store_true", help="also print the tables as markdown (docs/benchmarks.md's)"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "ATOMS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 

@@ -4,7 +4,7 @@ distribution.
     .venv/bin/python benchmarks/uncertainty.py [--config configs/rmd17_ethanol_ensemble.yaml]
         [--budget S] [--workdir DIR] [--json FILE] [--plot PNG] [--compare JSON ...]
 
-The deep and the shallow ensemble side by side (the README's table and plot):
+The deep and the shallow ensemble side by side (the table and plot of docs/trust.md):
 
     .venv/bin/python benchmarks/uncertainty.py --config configs/rmd17_ethanol_shallow.yaml \
         --workdir runs/uncertainty_shallow --json benchmarks/results/uncertainty_shallow.json \

@@ -1,15 +1,20 @@
 """Plot the ZBL pair energy (nnpes/zbl.py) of a few element pairs, with and without the switch.
 
     .venv/bin/python benchmarks/zbl_curve.py [--out benchmarks/results/zbl_pair_curve.png]
+        [--json benchmarks/results/zbl_curve.json]
 
 E_pair(r) for H–H, O–H and Si–Si from 0.1 to 2.5 Å on a log energy axis, bare (dashed) and
 multiplied by the C² switch of the ZBL term (solid; r_on = 1.0 Å, r_off = 2.0 Å, the term's
-defaults), with r_on and r_off marked. Prints a table of the values at a few distances (eV).
+defaults), with r_on and r_off marked. Prints a table of the values at a few distances (eV) and
+writes it as JSON (--json).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
 from pathlib import Path
 
 import jax
@@ -28,6 +33,7 @@ PAIRS = {"H–H": (1, 1), "O–H": (8, 1), "Si–Si": (14, 14)}
 R_ON, R_OFF = 1.0, 2.0  # Å
 TABLE_R = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5)  # Å
 DEFAULT_OUT = Path(__file__).parent / "results" / "zbl_pair_curve.png"
+DEFAULT_JSON = Path(__file__).parent / "results" / "zbl_curve.json"
 
 
 def curves(r: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -73,13 +79,26 @@ def print_table() -> None:
         print(f"{x:6.2f} {cells}")
 
 
+def write_json(path: Path) -> None:
+    """The table's values (eV at TABLE_R, Å), with the date and the machine."""
+    values = curves(np.asarray(TABLE_R))
+    pairs = {name: {"bare_ev": bare.tolist(), "switched_ev": sw.tolist()} for name, (bare, sw) in values.items()}
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu_count": os.cpu_count()}
+    meta.update(jax=jax.__version__, device=str(jax.devices()[0]))
+    result = {"meta": meta, "r_on_a": R_ON, "r_off_a": R_OFF, "r_a": list(TABLE_R), "pairs": pairs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args()
     plot(args.out)
     print_table()
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB)")
+    write_json(args.json)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB) and {args.json}")
 
 
 if __name__ == "__main__":
