@@ -115,8 +115,13 @@ def _earlier_results(name: str, results: Path) -> str | None:
 
 
 def _full_command(name: str, results: Path) -> str:
+    """The job's full-budget command, writing where a full run writes (benchmarks/results), not ``results``."""
     job = full_job(name)
-    return f"`{shell_command(job.argv(results, 'python'))}`" if job else "(no such job)"
+    return (
+        f"`{shell_command(job.argv(results.parent if results.name == 'small' else results, 'python'))}`"
+        if job
+        else "(no such job)"
+    )
 
 
 def _ran(name: str, record: dict, earlier: str | None) -> list[str]:

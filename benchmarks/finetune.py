@@ -176,7 +176,7 @@ def main() -> None:
     args = p.parse_args()
     suffix = "" if args.molecule == "malonaldehyde" else f"_{args.molecule}"
     args.json = args.json or str(RESULTS / f"finetune{suffix}.json")
-    out = Path(args.workdir)
+    out = Path(args.workdir).resolve()  # the configs it writes name data files: relative paths would resolve twice
     out.mkdir(parents=True, exist_ok=True)
     base_dir = out / "quickstart"
     if not (args.reuse_base and (base_dir / "model" / "potential.json").is_file()):
