@@ -12,7 +12,7 @@
   host devices) is started as soon as collection ends when ``test_distributed.py`` is selected,
   and its tests are moved to the end of the session, so its compilations run on the second core
   while the other tests run (under pytest-xdist, as CI runs the suite, the worker that gets them
-  starts it and runs them first, and the notebooks, the longest file, right after);
+  starts it and runs them first);
   ``distributed_checks`` waits for it (no polling) and returns its JSON.
 * ``shared_data`` is the reference-data directory ``../shared/data`` next to the repository;
   tests that need it are skipped when it is absent.
@@ -52,14 +52,7 @@ def pytest_collection_modifyitems(config, items):
     """The multi-device tests last: their child process then runs alongside all the others. Under
     pytest-xdist (``-n 2 --dist loadfile``) they come first instead: the worker that gets them
     starts the child and waits for it while the other worker runs the rest."""
-    xdist = _xdist_worker()
-
-    def key(item):
-        name = Path(str(item.fspath)).name
-        # under xdist the notebooks (one file: minutes of kernels) come next, so they are never the last file left
-        return ((name == "test_distributed.py") != xdist, not (xdist and name == "test_notebooks.py"))
-
-    items.sort(key=key)
+    items.sort(key=lambda item: (Path(str(item.fspath)).name == "test_distributed.py") != _xdist_worker())
 
 
 def pytest_collection_finish(session):
