@@ -37,7 +37,6 @@ def test_importing_nnpes_after_jax_started_warns_that_its_flags_are_not_in_effec
         [sys.executable, "-c", "import jax_md, nnpes"], env=env, capture_output=True, text=True, check=True
     )
     assert "Import nnpes first" in late.stderr and FLAG in late.stderr
-    # imported first, nnpes does not warn: every test process here imports it so (-W error would show it)
 
 
 def test_batched_float32_distances_past_32768_pairs_are_right():
