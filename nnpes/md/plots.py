@@ -51,16 +51,5 @@ def thermo_plot(result: MDResult, path: str) -> None:
     """Write :func:`thermo_figure` of ``result`` to the PNG ``path``."""
     finite = np.isfinite(result.etot)
     if not finite.all():  # a run that blew up is plotted up to its first non-finite frame
-        result = _finite_prefix(result, finite)
+        result = result.window(0, int(np.argmin(finite)))
     thermo_figure(result).savefig(path, dpi=120)
-
-
-def _finite_prefix(result: MDResult, finite: np.ndarray) -> MDResult:
-    """The frames before the first non-finite energy."""
-    import dataclasses
-
-    from nnpes.md.results import COLUMNS
-
-    stop = int(np.argmin(finite))
-    keys = (*COLUMNS, "temperature_k") + (("force_std_ev_a",) if result.force_std_ev_a is not None else ())
-    return dataclasses.replace(result, **{k: getattr(result, k)[:stop] for k in keys})

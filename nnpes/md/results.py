@@ -90,8 +90,12 @@ class MDResult:
 
     def since(self, start: int) -> MDResult:
         """The same result with the recorded frames from index ``start`` on."""
+        return self.window(start, None)
+
+    def window(self, start: int, stop: int | None) -> MDResult:
+        """The same result with the recorded frames ``start`` to ``stop`` (exclusive; None: the last)."""
         keys = (*COLUMNS, "temperature_k") + (("force_std_ev_a",) if self.force_std_ev_a is not None else ())
-        return dataclasses.replace(self, **{k: getattr(self, k)[start:] for k in keys})
+        return dataclasses.replace(self, **{k: getattr(self, k)[start:stop] for k in keys})
 
     def uncertain(self) -> np.ndarray:
         """Indices of the recorded frames above the uncertainty alarm's threshold (NaN counts as above)."""
